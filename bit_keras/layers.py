@@ -1,0 +1,147 @@
+"""The two layers that make a ResNet-v2 a BiT network.
+
+* :class:`StandardizedConv2D`: a bias-free ``Conv2D`` whose kernel is standardized per output filter on
+  every call, ``(w - mean) / sqrt(var + eps)`` over ``(kh, kw, cin)`` with the biased variance and
+  ``eps = 1e-10`` (the published checkpoints' formula).
+* :class:`GroupNorm`: group normalization with BiT's defaults, 32 groups and ``epsilon = 1e-5``
+  (``keras.layers.GroupNormalization`` defaults to 1e-3, which alone breaks parity).
+
+Under a mixed-precision policy both compute their statistics in float32 from the float32 variables and
+cast only the result to the compute dtype
+(a float64 model computes everything in float64).
+
+Example:
+    >>> import numpy as np
+    >>> from bit_keras.layers import StandardizedConv2D, GroupNorm
+    >>> x = np.random.rand(2, 8, 8, 32).astype("float32")
+    >>> y = GroupNorm()(StandardizedConv2D(32, 3, padding="same")(x))
+    >>> tuple(y.shape)
+    (2, 8, 8, 32)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+WS_EPSILON = 1e-10
+GN_EPSILON = 1e-5
+GN_GROUPS = 32
+
+
+def stats_dtype(compute_dtype: str) -> str:
+    """The dtype statistics are computed in: float32, or float64 for a float64 layer.
+
+    Example:
+        >>> stats_dtype("bfloat16"), stats_dtype("float64")
+        ('float32', 'float64')
+    """
+    return "float64" if compute_dtype == "float64" else "float32"
+
+
+def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
+    """Weight standardization of an HWIO kernel: zero mean, unit (biased) variance per output filter.
+
+    Example:
+        >>> import numpy as np
+        >>> w = standardize_kernel(np.random.rand(3, 3, 4, 8).astype("float32"))
+        >>> bool(abs(float(keras.ops.mean(w))) < 1e-5)
+        True
+    """
+    mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+    var = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+    return (kernel - mean) / ops.sqrt(var + epsilon)
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class StandardizedConv2D(keras.layers.Conv2D):
+    """``Conv2D`` with weight standardization; no bias (BiT's ``StdConv2d``).
+
+    The kernel variable keeps the raw (checkpoint) values; standardization happens in
+    :meth:`convolution_op` at every call, so gradients flow through it as in the reference.
+
+    Example:
+        >>> import numpy as np
+        >>> conv = StandardizedConv2D(16, 1)
+        >>> tuple(conv(np.ones((1, 4, 4, 8), "float32")).shape)
+        (1, 4, 4, 16)
+    """
+
+    def __init__(self, filters: int, kernel_size: Any, *, epsilon: float = WS_EPSILON, **kwargs: Any):
+        if kwargs.pop("use_bias", False):
+            raise ValueError("StandardizedConv2D has no bias (BiT convolutions are bias-free); drop use_bias=True.")
+        # Variables are not autocast: the statistics are computed from the float32 master weights,
+        # and the inputs are cast to the compute dtype by hand in `convolution_op`.
+        kwargs["autocast"] = False
+        super().__init__(filters, kernel_size, use_bias=False, **kwargs)
+        self.epsilon = float(epsilon)
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
+        kernel = standardize_kernel(kernel, self.epsilon)
+        kernel = ops.cast(kernel, self.compute_dtype)
+        inputs = ops.cast(inputs, self.compute_dtype)
+        return super().convolution_op(inputs, kernel)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("use_bias", None)
+        config.pop("bias_initializer", None)
+        config.pop("bias_regularizer", None)
+        config.pop("bias_constraint", None)
+        config["epsilon"] = self.epsilon
+        return config
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class GroupNorm(keras.layers.Layer):
+    """Group normalization over the last axis with BiT's defaults (32 groups, epsilon 1e-5).
+
+    Statistics are the biased mean and variance over (H, W, channels of the group), computed in float32;
+    per-channel ``gamma`` (init 1) and ``beta`` (init 0). Works on inputs of any rank >= 2 (channels last).
+
+    Example:
+        >>> import numpy as np
+        >>> y = GroupNorm(groups=2)(np.random.rand(1, 4, 4, 4).astype("float32"))
+        >>> tuple(y.shape)
+        (1, 4, 4, 4)
+    """
+
+    def __init__(self, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON, **kwargs: Any):
+        kwargs["autocast"] = False
+        super().__init__(**kwargs)
+        self.groups = int(groups)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape: tuple) -> None:
+        channels = input_shape[-1]
+        if channels is None or channels % self.groups:
+            raise ValueError(
+                f"GroupNorm '{self.name}': {channels} channels cannot be split into {self.groups} groups; "
+                f"use a width whose channel counts are multiples of {self.groups}, or pass groups=<a divisor>."
+            )
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+
+    def call(self, inputs: Any) -> Any:
+        dtype = stats_dtype(self.compute_dtype)
+        x = ops.cast(inputs, dtype)
+        shape = ops.shape(x)
+        channels = x.shape[-1]
+        grouped = ops.reshape(x, (*shape[:-1], self.groups, channels // self.groups))
+        axes = tuple(range(1, len(x.shape) - 1)) + (len(x.shape),)
+        mean = ops.mean(grouped, axis=axes, keepdims=True)
+        var = ops.var(grouped, axis=axes, keepdims=True)
+        grouped = (grouped - mean) * ops.rsqrt(var + self.epsilon)
+        x = ops.reshape(grouped, shape)
+        gamma = ops.cast(self.gamma, dtype)
+        beta = ops.cast(self.beta, dtype)
+        return ops.cast(x * gamma + beta, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}

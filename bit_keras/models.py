@@ -1,0 +1,106 @@
+"""``create_model``: the public entry point from a zoo name to a Keras model, with weights.
+
+Example:
+    >>> import numpy as np, bit_keras
+    >>> model = bit_keras.create_model("BiT-S-R50x1", num_classes=5)   # random init, new 5-way head
+    >>> model(np.zeros((1, 128, 128, 3), "float32")).shape
+    TensorShape([1, 5])
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import keras
+
+from bit_keras.resnet import resnet_v2
+from bit_keras.weights import load_npz
+from bit_keras.zoo import ModelInfo, WeightsUnavailableError, get_model_info
+
+_FROM_ENTRY = object()
+
+
+def _model_name(info: ModelInfo) -> str:
+    return info.name.lower().replace("-", "_")
+
+
+def resolve_weights(info: ModelInfo, weights: str | os.PathLike, *, progress: bool = True) -> Path:
+    """The local path of ``weights`` for entry ``info``: ``"pretrained"``, a URL or a local path.
+
+    ``"pretrained"`` and URLs are downloaded into the cache (``$BIT_KERAS_HOME``) once, with resume and
+    size checks; later calls use the cached file.
+
+    Example:
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "w.npz"); open(p, "wb").close()
+        >>> resolve_weights(get_model_info("BiT-S-R50x1"), p).name
+        'w.npz'
+    """
+    weights = os.fspath(weights)
+    if weights == "pretrained":
+        if not info.has_weights:
+            raise WeightsUnavailableError(
+                f"{info.name}: BiT-L was trained on the internal JFT-300M data and its weights were never "
+                f"published; use weights=None for the architecture, or BiT-M-{info.arch} (ImageNet-21k), "
+                "the best published upstream weights"
+            )
+        weights = info.weights_url  # type: ignore[assignment]
+    if weights.startswith(("http://", "https://")):
+        from bit_keras.download import download
+
+        return download(weights, sha256=info.sha256 if weights == info.weights_url else None, progress=progress)
+    path = Path(weights[len("file://"):] if weights.startswith("file://") else weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights {weights!r} for {info.name}: no such file; pass weights='pretrained', a URL, "
+            "or the path of an official .npz file"
+        )
+    return path
+
+
+def create_model(
+    name: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = _FROM_ENTRY,  # type: ignore[assignment]
+    input_range: Sequence[float] = (0.0, 1.0),
+) -> keras.Model:
+    """Build a BiT model from the zoo, optionally with its published weights.
+
+    Args:
+        name: a zoo name, e.g. ``"BiT-M-R50x1"`` (see :func:`bit_keras.list_models`).
+        weights: None (random init), ``"pretrained"`` (download the entry's official file), a local path
+            or a URL of an official-layout ``.npz``.
+        num_classes: defaults to the entry's classes. Equal to the checkpoint's head: the head is loaded.
+            Another int: a new Dense head initialised to zeros (the BiT transfer init). None: the model
+            outputs the pre-logits feature (``2048 * width`` wide).
+        input_range: the range of the float RGB images the model takes (NHWC, any resolution). The default
+            ``(0, 1)`` is the TF Hub convention and is rescaled to BiT's [-1, 1] inside; ``(-1, 1)`` feeds
+            the raw range; ``(0, 255)`` works too.
+
+    Returns:
+        A functional ``keras.Model`` whose layers mirror the official checkpoint structure.
+
+    Raises:
+        UnknownModelError: the name is not in the zoo (the closest names are listed).
+        WeightsUnavailableError: ``"pretrained"`` for a BiT-L entry.
+        WeightFileError: the file is corrupt or does not match the architecture (keys named).
+
+    Example:
+        >>> features = create_model("BiT-M-R50x1", num_classes=None)
+        >>> features.output_shape
+        (None, 2048)
+    """
+    info = get_model_info(name)
+    if num_classes is _FROM_ENTRY:
+        num_classes = info.num_classes
+    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    spec = info.spec
+    model = resnet_v2(spec.depths, spec.width, num_classes=num_classes, input_range=input_range,
+                      groups=spec.groups, name=_model_name(info))
+    if weights is not None:
+        load_npz(model, resolve_weights(info, weights))
+    return model
