@@ -72,11 +72,16 @@ class StandardizedConv2D(keras.layers.Conv2D):
     def __init__(self, filters: int, kernel_size: Any, *, epsilon: float = WS_EPSILON, **kwargs: Any):
         if kwargs.pop("use_bias", False):
             raise ValueError("StandardizedConv2D has no bias (BiT convolutions are bias-free); drop use_bias=True.")
-        # Variables are not autocast: the statistics are computed from the float32 master weights,
-        # and the inputs are cast to the compute dtype by hand in `convolution_op`.
+        # Inputs and weights are cast by hand in `convolution_op`: the statistics come from the float32
+        # master kernel, not from a copy already rounded to the compute dtype.
         kwargs["autocast"] = False
         super().__init__(filters, kernel_size, use_bias=False, **kwargs)
         self.epsilon = float(epsilon)
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> Any:
+        # A mixed-precision layer call would otherwise hand `convolution_op` a kernel cast to bf16/fp16.
+        kwargs["autocast"] = False
+        return super().add_weight(*args, **kwargs)
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
@@ -122,8 +127,8 @@ class GroupNorm(keras.layers.Layer):
                 f"GroupNorm '{self.name}': {channels} channels cannot be split into {self.groups} groups; "
                 f"use a width whose channel counts are multiples of {self.groups}, or pass groups=<a divisor>."
             )
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones", autocast=False)
+        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros", autocast=False)
 
     def call(self, inputs: Any) -> Any:
         dtype = stats_dtype(self.compute_dtype)
