@@ -1,0 +1,1 @@
+"""Sub-commands of the ``bit-keras`` command line (see :mod:`bit_keras.cli`)."""
