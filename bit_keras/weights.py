@@ -19,7 +19,7 @@ Example:
     >>> from bit_keras.resnet import resnet_v2
     >>> model = resnet_v2((1, 1, 1, 1), 0.5, num_classes=10)
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
-    >>> save_npz(model, path)
+    >>> _ = save_npz(model, path)
     >>> load_npz(model, path)
 """
 
