@@ -10,6 +10,7 @@ Example:
     >>> model = bit_keras.create_model("BiT-M-R50x1", num_classes=10)   # weights="pretrained" downloads
 """
 
+from bit_keras.labels import get_labels
 from bit_keras.layers import GroupNorm, StandardizedConv2D
 from bit_keras.models import create_model
 from bit_keras.resnet import ARCHS, ArchSpec, feature_extractor, register_arch, resnet_v2
@@ -36,6 +37,7 @@ __all__ = [
     "WeightsUnavailableError",
     "create_model",
     "feature_extractor",
+    "get_labels",
     "get_model_info",
     "infer_arch",
     "list_models",

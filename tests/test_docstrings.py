@@ -12,6 +12,7 @@ MODULES = [
     "bit_keras.zoo",
     "bit_keras.weights",
     "bit_keras.models",
+    "bit_keras.labels",
     "bit_keras.download",
     "bit_keras.cli",
 ]

@@ -227,3 +227,16 @@ def test_cli_list(capsys):
     assert cli_main(["list", "BiT-L-*"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6 and all("architecture only" in line for line in lines)
+
+
+def test_labels_from_the_official_label_file(loopback_server, monkeypatch, tmp_path):
+    lemmas = [f"class_{i}, lemma" for i in range(1000)]
+    loopback_server.files["/bit/ilsvrc2012_wordnet_lemmas.txt"] = "\n".join(lemmas).encode()
+    monkeypatch.setenv("BIT_KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("BIT_KERAS_WEIGHTS_URL", loopback_server.url("/bit/"))
+    assert bit_keras.get_labels("BiT-S-R50x1") == lemmas
+    loopback_server.files["/bit/imagenet21k_wordnet_lemmas.txt"] = b"only\ntwo"
+    with pytest.raises(ValueError, match="has 2 lines but BiT-M-R50x1 has 21843 classes"):
+        bit_keras.get_labels("BiT-M-R50x1")
+    with pytest.raises(ValueError, match="no published label names"):
+        bit_keras.get_labels("BiT-L-R50x1")
