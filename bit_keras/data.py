@@ -1,0 +1,655 @@
+"""Data for fine-tuning: load any image source, measure it, sample few-shot, build the input pipelines.
+
+* :func:`load_dataset` reads a ``tf.data.Dataset``, ``(images, labels)`` arrays, an image folder
+  (one sub-folder per class) or a tensorflow-datasets name, validates it and returns an unbatched
+  ``(image uint8 [H, W, 3], label int64)`` dataset plus a :class:`DatasetInfo` measured from the data
+  (number of examples and classes, median image size) for the BiT-HyperRule.
+* :func:`train_pipeline` / :func:`eval_pipeline` build the reference's preprocessing: resize, random
+  crop, random flip, batch, mixup; eval resizes straight to the crop size.
+
+Example:
+    >>> import numpy as np
+    >>> from bit_keras.data import load_dataset, train_pipeline
+    >>> images = np.random.randint(0, 256, (20, 32, 32, 3), np.uint8)
+    >>> ds, info = load_dataset((images, np.arange(20) % 4), examples_per_class=2)
+    >>> info.num_examples, info.num_classes, info.image_size
+    (8, 4, (32, 32))
+    >>> x, y = next(iter(train_pipeline(ds, info, resize=40, crop=32, batch_size=4, mixup_alpha=0.1)))
+    >>> x.shape, y.shape
+    (TensorShape([4, 32, 32, 3]), TensorShape([4, 4]))
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+AUTOTUNE = tf.data.AUTOTUNE
+CACHE_LIMIT_BYTES = 1 << 30
+SIZE_SAMPLE = 1000
+# Formats tf.io.decode_image reads exactly like PIL; anything else PIL can open is decoded with PIL.
+_TF_FORMATS = {"JPEG", "MPO", "PNG", "GIF"}
+
+
+class DataError(ValueError):
+    """Bad or unusable input data; the message names the culprit and the fix."""
+
+
+@dataclass
+class DatasetInfo:
+    """What :func:`load_dataset` measured about the data it returns."""
+
+    num_examples: int
+    num_classes: int
+    image_size: tuple[int, int]
+    class_names: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+
+def sample_few_shot(
+    labels: np.ndarray,
+    examples_per_class: int,
+    seed: int = 0,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """Sorted indices of exactly ``examples_per_class`` examples of every class, drawn without replacement.
+
+    Classes are those present in ``labels`` (or ``0..num_classes-1`` when given). The draw uses
+    ``np.random.default_rng(seed)``: the same seed gives the same indices, another seed others.
+    A class with fewer examples raises DataError naming it and its count.
+
+    Example:
+        >>> sample_few_shot(np.array([0, 0, 0, 1, 1, 1]), 2, seed=0).tolist()
+        [1, 2, 3, 5]
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if examples_per_class < 1:
+        raise DataError(f"examples_per_class must be >= 1, got {examples_per_class}")
+    classes = np.arange(num_classes) if num_classes is not None else np.unique(labels)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], classes, side="left")
+    ends = np.searchsorted(labels[order], classes, side="right")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c, lo, hi in zip(classes, starts, ends):
+        if hi - lo < examples_per_class:
+            known = class_names is not None and int(c) < len(class_names)
+            name = f"class {int(c)}" + (f" ({class_names[int(c)]!r})" if known else "")
+            raise DataError(
+                f"{name} has only {hi - lo} examples, fewer than examples_per_class={examples_per_class}: "
+                "lower examples_per_class or add examples of that class"
+            )
+        chosen.append(rng.choice(order[lo:hi], examples_per_class, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _as_image_label(*element: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    """(image, label) from a (image, label) tuple or an {"image", "label"} dict."""
+    el = element[0] if len(element) == 1 else element
+    if isinstance(el, dict):
+        if "image" not in el or "label" not in el:
+            raise DataError(f"dataset dicts need 'image' and 'label' keys; got {sorted(el)}")
+        return el["image"], el["label"]
+    if isinstance(el, (tuple, list)) and len(el) == 2:
+        return el[0], el[1]
+    raise DataError("dataset elements must be (image, label) pairs or dicts with 'image' and 'label' keys")
+
+
+def _to_rgb_uint8(image: tf.Tensor) -> tf.Tensor:
+    """Encoded bytes, [H, W] or [H, W, 1|3|4], uint8 or float in [0, 1] -> uint8 [H, W, 3]."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.dtype.is_floating:
+        image = tf.cast(tf.round(tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 1.0) * 255.0), tf.uint8)
+    elif image.dtype != tf.uint8:
+        image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+    channels = image.shape[-1]
+    if channels == 1:
+        image = tf.tile(image, [1, 1, 3])
+    elif channels is None or channels != 3:
+        image = tf.cond(tf.shape(image)[-1] < 3, lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
+    image.set_shape(image.shape[:2].concatenate([3]))
+    return image
+
+
+def _standard(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Map a dataset of pairs/dicts to (uint8 RGB image, int64 label) unless it already is."""
+    spec = ds.element_spec
+    if (
+        isinstance(spec, tuple)
+        and len(spec) == 2
+        and spec[0].dtype == tf.uint8
+        and spec[0].shape.rank == 3
+        and spec[0].shape[-1] == 3
+        and spec[1].dtype == tf.int64
+    ):
+        return ds
+    return ds.map(lambda *el: _pair(*el), num_parallel_calls=AUTOTUNE)
+
+
+def _pair(*el: Any) -> tuple[tf.Tensor, tf.Tensor]:
+    image, label = _as_image_label(*el)
+    return _to_rgb_uint8(image), tf.cast(label, tf.int64)
+
+
+def _median_size(heights: Sequence[int] | np.ndarray, widths: Sequence[int] | np.ndarray) -> tuple[int, int]:
+    if len(heights) == 0:
+        raise DataError("no examples left to measure: the source is empty (or every example was skipped)")
+    return int(round(float(np.median(heights)))), int(round(float(np.median(widths))))
+
+
+def image_size_of(ds_or_info: tf.data.Dataset | DatasetInfo, limit: int = SIZE_SAMPLE) -> tuple[int, int]:
+    """Representative (h, w): ``info.image_size``, the static shape, or the median of up to ``limit`` images.
+
+    Example:
+        >>> image_size_of(tf.data.Dataset.from_tensor_slices((np.zeros((3, 20, 30, 3), np.uint8), [0, 1, 2])))
+        (20, 30)
+    """
+    if isinstance(ds_or_info, DatasetInfo):
+        return ds_or_info.image_size
+    ds = _standard(ds_or_info)
+    shape = ds.element_spec[0].shape
+    if shape[0] is not None and shape[1] is not None:
+        return int(shape[0]), int(shape[1])
+    sizes = np.array([s for s in ds.take(limit).map(lambda x, y: tf.shape(x)[:2]).as_numpy_iterator()])
+    return _median_size(sizes[:, 0] if len(sizes) else [], sizes[:, 1] if len(sizes) else [])
+
+
+def _check_labels(
+    labels: np.ndarray,
+    num_classes: int | None,
+    bad: np.ndarray,
+    strict: bool,
+    skipped: list[tuple[str, str]],
+    item: Callable[[int], str],
+) -> np.ndarray:
+    """Keep-mask over examples; out-of-range labels (and ``bad`` reasons) raise (strict) or are skipped."""
+    reasons = np.where(labels < 0, "negative label", "")
+    if num_classes is not None:
+        reasons = np.where(labels >= num_classes, f"label not in [0, {num_classes})", reasons)
+    reasons = np.where(bad != "", bad, reasons)
+    for i in np.flatnonzero(reasons != ""):
+        msg = f"{item(int(i))} (label {int(labels[i])}): {reasons[i]}"
+        if strict:
+            fix = "fix the label or pass the right num_classes" if "label" in reasons[i] else "fix the data"
+            raise DataError(f"bad example: {msg}. Fix: {fix}, or pass strict=False to skip such examples")
+        skipped.append((item(int(i)), f"{reasons[i]} (label {int(labels[i])})"))
+    return reasons == ""
+
+
+def _report(skipped: list[tuple[str, str]], total: int) -> None:
+    """Print the one-line summary of what was skipped."""
+    if skipped:
+        classes = sum(why.endswith("class dropped") for _, why in skipped)
+        extra = f" and {classes} class folder(s)" if classes else ""
+        shown = ", ".join(f"{item} ({why})" for item, why in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"skipped {len(skipped) - classes} of {total} images{extra}: {shown}")
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def _scan_file(path: str) -> tuple[str, str | None, tuple[int, int], bool]:
+    """(path, problem or None, (h, w), decode with PIL?) from PIL's header parse and verify()."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            use_pil = im.format not in _TF_FORMATS or im.mode == "CMYK"
+            im.verify()
+        return path, None, (h, w), use_pil
+    except Image.UnidentifiedImageError:
+        return path, "not an image file", (0, 0), False
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
+        return path, f"corrupt image: {type(err).__name__}: {err}", (0, 0), False
+
+
+_JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # operating-system litter, ignored like hidden files
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name not in _JUNK
+
+
+def _pil_rgb(path: bytes) -> np.ndarray:
+    with Image.open(path.decode()) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_file(path: tf.Tensor, use_pil: tf.Tensor) -> tf.Tensor:
+    image = tf.cond(
+        use_pil,
+        lambda: tf.numpy_function(_pil_rgb, [path], tf.uint8, stateful=False),
+        lambda: tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False),
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+@dataclass
+class _Source:
+    """A source reduced to what validation and few-shot sampling need; ``build(keep)`` makes the dataset."""
+
+    labels: np.ndarray | None  # None: not read (a tfds split used whole)
+    build: Callable[[np.ndarray | None], tf.data.Dataset]  # keep-mask (None: all) -> (image, label) dataset
+    description: str
+    total: int | None
+    bad: np.ndarray | None = None  # per example: why it is unusable, or ""
+    sizes: np.ndarray | None = None  # per example (h, w); None: measure the built dataset
+    item: Callable[[int], str] = lambda i: f"example {i}"
+    class_names: list[str] | None = None
+    num_classes: int | None = None  # what the source itself says
+
+
+def _folder_source(root: str, strict: bool, skipped: list[tuple[str, str]]) -> _Source:
+    if not os.path.isdir(root):
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise DataError(f"{root} {what}: pass a folder with one sub-folder of images per class")
+    entries = sorted(e for e in os.listdir(root) if _visible(e))
+    class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+    if not class_dirs:
+        raise DataError(
+            f"folder {root} has no class sub-folders ({len(entries)} files directly in it): put the images of "
+            f"each class in their own sub-folder, e.g. {os.path.join(root, 'cat', '1.jpg')}"
+        )
+    files: dict[str, list[str]] = {}
+    for c in class_dirs:
+        files[c] = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, c)):
+            dirnames[:] = sorted(d for d in dirnames if _visible(d))
+            files[c] += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
+    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+        scans = {c: list(pool.map(_scan_file, paths)) for c, paths in files.items()}
+    bad = [(p, why) for c in class_dirs for p, why, _, _ in scans[c] if why]
+    empty = [c for c in class_dirs if not files[c]]
+    if strict and empty:
+        raise DataError(f"class folder {os.path.join(root, empty[0])} is empty: add images or remove the folder")
+    if strict and bad:
+        listed = "; ".join(f"{p} ({why})" for p, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        raise DataError(
+            f"{len(bad)} bad image file(s) in {root}: {listed}. Fix: remove or replace them, "
+            "or pass strict=False to skip them"
+        )
+    skipped += bad
+    names: list[str] = []
+    good: list[tuple[str, str | None, tuple[int, int], bool]] = []
+    labels: list[int] = []
+    for c in class_dirs:
+        ok = [s for s in scans[c] if s[1] is None]
+        if not ok:
+            why = "empty class folder" if not files[c] else "no readable images"
+            skipped.append((os.path.join(root, c), f"{why}: class dropped"))
+            continue
+        good += ok
+        labels += [len(names)] * len(ok)
+        names.append(c)
+    if not names:
+        raise DataError(f"folder {root} has no readable images in any class sub-folder")
+    paths, use_pil = np.array([g[0] for g in good]), np.array([g[3] for g in good])
+    label_arr = np.array(labels, np.int64)
+
+    def build(keep: np.ndarray | None) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((paths[keep], use_pil[keep], label_arr[keep]))
+        ds = ds.map(lambda p, pil, y: (_decode_file(p, pil), y), num_parallel_calls=AUTOTUNE)
+        # strict=False: a file that passed PIL's verify() but fails to decode (e.g. a truncated JPEG) is dropped
+        return ds if strict else ds.ignore_errors(log_warning=True)
+
+    return _Source(
+        label_arr,
+        build,
+        f"folder {root} ({len(names)} classes)",
+        sum(map(len, files.values())),
+        sizes=np.array([g[2] for g in good]),
+        item=lambda i: str(paths[i]),
+        class_names=names,
+        num_classes=len(names),
+    )
+
+
+def _array_source(images: Any, labels: Any, strict: bool, skipped: list[tuple[str, str]]) -> _Source:
+    images, labels = np.asarray(images), np.asarray(labels)
+    total = len(images)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+        raise DataError(f"images must be an array (N, H, W), (N, H, W, 1) or (N, H, W, 3); got shape {images.shape}")
+    integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and bool(np.all(np.mod(labels, 1) == 0)))
+    if labels.ndim != 1 or not integral:
+        raise DataError(f"labels must be N integer class indices; got shape {labels.shape}, dtype {labels.dtype}")
+    if len(images) != len(labels):
+        msg = f"{len(images)} images but {len(labels)} labels"
+        if strict:
+            raise DataError(f"{msg}: pass exactly one label per image (or strict=False to drop the unmatched ones)")
+        n = min(len(images), len(labels))
+        kind, other = ("image", "label") if len(images) > n else ("label", "image")
+        skipped += [(f"{kind} {i}", f"no matching {other} ({msg})") for i in range(n, max(len(images), len(labels)))]
+        images, labels = images[:n], labels[:n]
+    flat = images.reshape(len(images), -1)
+    if images.dtype.kind == "f":
+        lo, hi = flat.min(axis=1, initial=0.0), flat.max(axis=1, initial=0.0)
+        bad = np.where((lo >= 0) & (hi <= 1), "", "float image values not in [0, 1]")
+    elif images.dtype.kind in "iu":
+        lo, hi = flat.min(axis=1, initial=0), flat.max(axis=1, initial=0)
+        bad = np.where((lo >= 0) & (hi <= 255), "", "integer image values not in [0, 255]")
+    else:
+        raise DataError(f"images must be uint8 or float in [0, 1]; got dtype {images.dtype}")
+    labels = labels.astype(np.int64)
+
+    def build(keep: np.ndarray | None) -> tf.data.Dataset:
+        return _standard(tf.data.Dataset.from_tensor_slices((images[keep], labels[keep])))
+
+    h, w = images.shape[1:3]
+    return _Source(
+        labels, build, f"arrays ({len(images)} images {h}x{w})", total, bad=bad, sizes=np.tile([h, w], (len(images), 1))
+    )
+
+
+def _dataset_source(ds: tf.data.Dataset) -> _Source:
+    """One pass over a user dataset: labels, image sizes and float-range problems."""
+    spec = ds.element_spec
+    _, label_spec = _as_image_label(*(spec if isinstance(spec, tuple) else (spec,)))
+    if label_spec.shape.rank not in (0, None) or not (label_spec.dtype.is_integer or label_spec.dtype.is_floating):
+        raise DataError(f"labels must be integer scalars (class indices); got {label_spec}")
+
+    def stats(*el: Any) -> tuple[tf.Tensor, ...]:
+        image, label = _as_image_label(*el)
+        ok = tf.constant(True)
+        if image.dtype.is_floating:
+            ok = tf.logical_and(tf.reduce_min(image) >= 0, tf.reduce_max(image) <= 1)
+        return tf.cast(tf.reshape(label, []), tf.int64), tf.shape(_to_rgb_uint8(image))[:2], ok
+
+    parts = list(ds.map(stats, num_parallel_calls=AUTOTUNE).batch(4096).as_numpy_iterator())
+    if not parts:
+        raise DataError("the tf.data.Dataset source is empty")
+    labels, sizes, ok = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    return _Source(
+        labels,
+        lambda keep: _select(_standard(ds), keep, labels),
+        "tf.data.Dataset",
+        len(labels),
+        bad=np.where(ok, "", "float image values not in [0, 1]"),
+        sizes=sizes,
+    )
+
+
+def _tfds_source(source: str, split: str, few_shot: bool, num_classes: int | None, data_dir: str | None) -> _Source:
+    try:
+        from bit_keras import tfds_source
+    except ImportError as err:  # tensorflow_datasets missing
+        raise DataError(
+            f"{source!r} looks like a tfds name but tensorflow-datasets is not installed: "
+            "pip install tensorflow-datasets, or pass a folder"
+        ) from err
+    try:
+        name, split = tfds_source.parse_tfds_source(source, split)
+        ds, meta = tfds_source.load_tfds(name, split, data_dir)
+        labels = None  # read them (records only, no image decoding) only when the metadata is not enough
+        narrower = num_classes is not None and meta.num_classes is not None and num_classes < meta.num_classes
+        if few_shot or narrower or meta.num_classes is None or meta.num_examples is None:
+            labels = tfds_source.tfds_labels(meta, data_dir)
+    except tfds_source.TfdsError as err:
+        raise DataError(str(err)) from err
+    return _Source(
+        labels,
+        lambda keep: _select(_standard(ds), keep, labels),
+        f"tfds {name} split {split}",
+        meta.num_examples if labels is None else len(labels),
+        class_names=meta.class_names,
+        num_classes=meta.num_classes,
+    )
+
+
+def _select(ds: tf.data.Dataset, keep: np.ndarray | None, labels: np.ndarray | None) -> tf.data.Dataset:
+    """Keep the examples whose index is set in ``keep``, checking the source order did not change."""
+    if keep is None or labels is None or keep.all():
+        return ds
+    keep_t, labels_t = tf.constant(keep), tf.constant(labels)
+
+    def checked(i: tf.Tensor, xy: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        same = tf.debugging.assert_equal(
+            xy[1],
+            tf.gather(labels_t, i),
+            message="the source dataset yields a different order on each pass: pass a deterministic (unshuffled) one",
+        )
+        with tf.control_dependencies([same]):
+            return tf.identity(xy[0]), xy[1]
+
+    ds = ds.enumerate().filter(lambda i, xy: tf.gather(keep_t, i)).map(checked, num_parallel_calls=AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
+
+
+def _finish(
+    labels: np.ndarray, keep: np.ndarray, k: int | None, seed: int, num_classes: int | None, names: list[str] | None
+) -> tuple[np.ndarray, int]:
+    """Final keep-mask after few-shot sampling, and the number of classes."""
+    if not keep.any():
+        raise DataError("no examples left: the source is empty or every example was skipped")
+    n_cls = num_classes if num_classes is not None else int(labels[keep].max()) + 1
+    if k is not None:
+        kept = np.flatnonzero(keep)
+        chosen = kept[sample_few_shot(labels[kept], k, seed, num_classes=n_cls, class_names=names)]
+        keep = np.zeros_like(keep)
+        keep[chosen] = True
+    return keep, n_cls
+
+
+def _is_path(source: str) -> bool:
+    """Folder path or tfds name? Existing paths and explicit paths are paths; anything else is a name."""
+    if source.startswith("tfds:"):
+        return False
+    return os.path.exists(os.path.expanduser(source)) or source.startswith(("/", "./", "../", "~", "\\"))
+
+
+def _open(
+    source: Any,
+    split: str,
+    few_shot: bool,
+    num_classes: int | None,
+    strict: bool,
+    skipped: list[tuple[str, str]],
+    data_dir: str | None,
+) -> _Source:
+    if isinstance(source, tf.data.Dataset):
+        return _dataset_source(source)
+    if isinstance(source, tuple) and len(source) == 2:
+        return _array_source(source[0], source[1], strict, skipped)
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and _is_path(source)):
+        return _folder_source(os.path.expanduser(os.fspath(source)), strict, skipped)
+    if isinstance(source, str):
+        return _tfds_source(source, split, few_shot, num_classes, data_dir)
+    raise DataError(
+        f"unsupported source of type {type(source).__name__}: pass a tf.data.Dataset, an (images, labels) "
+        "tuple of arrays, a folder path or a tensorflow-datasets name"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def load_dataset(
+    source: Any,
+    *,
+    split: str = "train",
+    num_classes: int | None = None,
+    examples_per_class: int | None = None,
+    seed: int = 0,
+    strict: bool = True,
+    data_dir: str | None = None,
+) -> tuple[tf.data.Dataset, DatasetInfo]:
+    """Load, validate, measure and few-shot sample a labelled image source.
+
+    Returns an unbatched dataset of ``(image uint8 [H, W, 3], label int64)`` (sizes may differ) and a
+    :class:`DatasetInfo`. ``source`` is one of:
+
+    * a ``tf.data.Dataset`` of ``(image, label)`` or of ``{"image", "label"}`` dicts (iterated once to
+      count, validate and measure; it must yield the same order on every pass);
+    * ``(images, labels)`` numpy arrays, images (N, H, W[, 1|3]) uint8 or float in [0, 1];
+    * a folder with one sub-folder per class (class names: the sorted sub-folder names; images may sit
+      in nested folders; hidden files and files directly in the folder are ignored; EXIF orientation
+      is not applied, as in ``tf.io.decode_image``);
+    * a tensorflow-datasets name, ``"cifar10"``, ``"cifar10:train[:90%]"`` or ``"tfds:cifar10"``
+      (``name:split`` overrides ``split``); fails in seconds with DataError when the data is not
+      prepared and cannot be downloaded. An existing folder of the same name wins over a tfds name.
+
+    Bad examples (unreadable files, labels < 0 or >= ``num_classes``, float images outside [0, 1],
+    empty class folders, images/labels count mismatch) raise DataError when ``strict``; otherwise they
+    are skipped, listed in ``info.skipped`` and summarised in one printed line.
+    ``examples_per_class=k`` keeps exactly k examples of every class (:func:`sample_few_shot`, ``seed``).
+    For ``tf.data`` and tfds sources it first reads every label into memory (tfds records are read
+    without decoding their images); the examples themselves are then filtered lazily, so the source
+    must yield the same order on every pass. A tfds split used whole is described by its metadata.
+
+    Example:
+        >>> import numpy as np
+        >>> ds, info = load_dataset((np.zeros((6, 8, 8), np.uint8), [0, 1, 2, 0, 1, 2]), examples_per_class=1)
+        >>> info.num_examples, info.num_classes, ds.element_spec[0].shape.as_list()
+        (3, 3, [8, 8, 3])
+    """
+    skipped: list[tuple[str, str]] = []
+    src = _open(source, split, examples_per_class is not None, num_classes, strict, skipped, data_dir)
+    expected = num_classes if num_classes is not None else src.num_classes
+    if src.labels is None:  # a whole tfds split: trust its metadata
+        keep, n_cls, n = None, int(expected), int(src.total)
+    else:
+        bad = src.bad if src.bad is not None else np.full(len(src.labels), "")
+        keep = _check_labels(src.labels, expected, bad, strict, skipped, src.item)
+        keep, n_cls = _finish(src.labels, keep, examples_per_class, seed, expected, src.class_names)
+        n = int(keep.sum())
+    _report(skipped, src.total or 0)
+    ds = src.build(keep)
+    if src.sizes is not None:
+        sizes = src.sizes if keep is None else src.sizes[keep]
+        size = _median_size(sizes[:, 0], sizes[:, 1])
+    else:
+        size = image_size_of(ds)
+    return ds, DatasetInfo(n, n_cls, size, src.class_names, skipped, src.description)
+
+
+# ----------------------------------------------------------------------------------------------- pipelines
+
+
+def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed: Any = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mix a batch with its reverse: ``lam * x + (1 - lam) * x[::-1]``, one ``lam ~ Beta(alpha, alpha)``.
+
+    Images and (one-hot, float) labels are mixed with the same ``lam``; ``alpha <= 0`` returns them
+    unchanged. ``lam`` is ``g1 / (g1 + g2)`` of two Gamma(alpha) draws; ``seed`` (an int or a shape-[2]
+    tensor) makes the draw stateless and reproducible.
+
+    Example:
+        >>> x, y = mixup(tf.constant([[0.0], [1.0]]), tf.constant([[1.0, 0.0], [0.0, 1.0]]), 0.2, seed=1)
+        >>> bool(tf.reduce_all(tf.abs(tf.reduce_sum(y, axis=1) - 1.0) < 1e-6))
+        True
+    """
+    if alpha <= 0:
+        return images, labels
+    if seed is None:
+        g = tf.random.gamma([2], alpha, dtype=tf.float64)
+    else:
+        seed = tf.stack([seed, 0]) if isinstance(seed, int) else seed
+        g = tf.random.stateless_gamma([2], seed=tf.cast(seed, tf.int64), alpha=alpha, dtype=tf.float64)
+    total = g[0] + g[1]
+    lam = tf.where(total > 0, g[0] / tf.where(total > 0, total, 1.0), 1.0)
+    mix_x = lambda t: tf.cast(lam, t.dtype) * t + tf.cast(1.0 - lam, t.dtype) * tf.reverse(t, axis=[0])  # noqa: E731
+    return mix_x(images), mix_x(labels)
+
+
+def _scale(image: tf.Tensor, input_range: tuple[float, float]) -> tf.Tensor:
+    lo, hi = input_range
+    return tf.clip_by_value(image, 0.0, 255.0) * ((hi - lo) / 255.0) + lo
+
+
+def train_pipeline(
+    ds: tf.data.Dataset,
+    info: DatasetInfo,
+    *,
+    resize: int,
+    crop: int,
+    batch_size: int,
+    flip: bool = True,
+    mixup_alpha: float = 0.0,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    shuffle_buffer: int = 10_000,
+    seed: int | None = 0,
+    repeat: bool = True,
+    cache: bool | None = None,
+) -> tf.data.Dataset:
+    """Training batches ``(float32 [B, crop, crop, 3] in input_range, float32 one-hot [B, num_classes])``.
+
+    Cache (default: when the decoded data is under 1 GiB), shuffle, repeat, then per image: bilinear
+    resize to (resize, resize), random crop, random left-right flip, scale; batch (dropping the
+    remainder), mixup with one lambda per batch, prefetch. Random crops, flips and mixup use stateless
+    ops seeded by ``seed`` and the element's position, so an int ``seed`` reproduces the stream exactly;
+    ``seed=None`` draws a fresh one.
+
+    Example:
+        >>> ds, info = load_dataset((np.zeros((8, 16, 16, 3), np.uint8), np.arange(8) % 2))
+        >>> x, y = next(iter(train_pipeline(ds, info, resize=20, crop=16, batch_size=4, input_range=(-1, 1))))
+        >>> x.shape.as_list(), y.shape.as_list(), float(tf.reduce_min(x))
+        ([4, 16, 16, 3], [4, 2], -1.0)
+    """
+    h, w = info.image_size
+    if cache is None:
+        cache = info.num_examples * h * w * 3 < CACHE_LIMIT_BYTES
+    base = seed if seed is not None else random.SystemRandom().randrange(2**31)
+    ds = _standard(ds)
+    if cache:
+        ds = ds.cache()
+    ds = ds.shuffle(max(1, min(shuffle_buffer, info.num_examples)), seed=base, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def augment(i: tf.Tensor, xy: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image = tf.image.resize(xy[0], (resize, resize), method="bilinear")
+        image = tf.image.stateless_random_crop(image, [crop, crop, 3], seed=tf.stack([base, 3 * i]))
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([base, 3 * i + 1]))
+        return _scale(image, input_range), tf.one_hot(xy[1], info.num_classes, dtype=tf.float32)
+
+    ds = ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE).batch(batch_size, drop_remainder=True)
+    if mixup_alpha > 0:
+        ds = ds.enumerate().map(
+            lambda i, xy: mixup(xy[0], xy[1], mixup_alpha, seed=tf.stack([tf.constant(base, tf.int64), 3 * i + 2])),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_pipeline(
+    ds: tf.data.Dataset,
+    info: DatasetInfo,
+    *,
+    crop: int,
+    batch_size: int,
+    input_range: tuple[float, float] = (0.0, 1.0),
+) -> tf.data.Dataset:
+    """Evaluation batches ``(float32 [b, crop, crop, 3], int64 [b])``: resize straight to (crop, crop), no crop.
+
+    Resizing directly to the crop size is the reference's choice; the last batch may be smaller, so no
+    example is lost.
+
+    Example:
+        >>> ds, info = load_dataset((np.zeros((5, 16, 16, 3), np.uint8), np.arange(5) % 2))
+        >>> [int(x.shape[0]) for x, _ in eval_pipeline(ds, info, crop=8, batch_size=2)]
+        [2, 2, 1]
+    """
+    del info  # kept for symmetry with train_pipeline
+    ds = _standard(ds).map(
+        lambda x, y: (_scale(tf.image.resize(x, (crop, crop), method="bilinear"), input_range), y),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return ds.batch(batch_size).prefetch(AUTOTUNE)
