@@ -57,6 +57,8 @@ def get_strategy(strategy: str | tf.distribute.Strategy | None = "auto", *, tpu:
                  devices: list[str] | None = None) -> tf.distribute.Strategy:
     """A ``tf.distribute.Strategy`` from a name (see :data:`CHOICES`) or passed through as it is.
 
+    Call it before any TensorFlow op for ``"tpu"`` and ``"multi_worker"`` (they configure the runtime).
+
     Args:
         strategy: a strategy object (returned unchanged), None or ``"default"`` (the default strategy),
             ``"auto"``, or a forced kind.
@@ -75,20 +77,20 @@ def get_strategy(strategy: str | tf.distribute.Strategy | None = "auto", *, tpu:
     if strategy not in CHOICES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(CHOICES)} or pass a "
                          "tf.distribute.Strategy")
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    if strategy == "auto":
-        if tpu or tpu_configured():
-            strategy = "tpu"
-        elif tf_config_workers() > 1:
-            strategy = "multi_worker"
-        elif len(gpus) > 1:
-            strategy = "mirrored"
-        else:
-            return tf.distribute.get_strategy()
+    # TPU and multi-worker set-ups must come before anything initialises TensorFlow's devices.
+    if strategy == "auto" and (tpu or tpu_configured()):
+        strategy = "tpu"
+    elif strategy == "auto" and tf_config_workers() > 1:
+        strategy = "multi_worker"
     if strategy == "tpu":
         return _tpu_strategy(tpu)
     if strategy == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if strategy == "auto":
+        if len(gpus) <= 1:
+            return tf.distribute.get_strategy()
+        strategy = "mirrored"
     if strategy == "mirrored":
         if devices is None:
             devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]

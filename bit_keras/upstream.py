@@ -40,7 +40,7 @@ class UpstreamConfig:
 
     name: str
     epochs: int = 90
-    decay_epochs: tuple[int, ...] = (30, 60, 80)
+    decay_epochs: tuple[float, ...] = (30, 60, 80)
     batch_size: int = 4096
     lr_per_256: float = 0.03
     warmup_steps: int = 5000
@@ -77,11 +77,21 @@ class UpstreamConfig:
         return round(self.base_lr * 0.1**decays, 12)
 
     def replace(self, **overrides: Any) -> "UpstreamConfig":
-        """A copy with some values changed; unknown names raise a TypeError that lists the valid ones."""
+        """A copy with some values changed; unknown names raise a TypeError that lists the valid ones.
+
+        Changing ``epochs`` alone moves the decay epochs proportionally (30/60/80 of 90 -> 10/20/26.667 of 30).
+
+        Example:
+            >>> PRESETS["BiT-S"].replace(epochs=9).decay_epochs
+            (3.0, 6.0, 8.0)
+        """
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown upstream setting(s) {unknown}; valid: {sorted(names)}")
+        if "epochs" in overrides and "decay_epochs" not in overrides:
+            ratio = overrides["epochs"] / self.epochs
+            overrides["decay_epochs"] = tuple(round(e * ratio, 3) for e in self.decay_epochs)
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
-from bit_keras.resnet import ARCHS, ArchSpec
+from bit_keras.resnet import ARCHS, ArchSpec, register_arch
 
 DEFAULT_WEIGHTS_URL = "https://storage.googleapis.com/bit_models/"
 WEIGHTS_URL_ENV = "BIT_KERAS_WEIGHTS_URL"
@@ -167,9 +167,15 @@ def _build_zoo() -> dict[str, ModelInfo]:
         add(ModelInfo(f"BiT-M-R152x2-teacher-{res}", "R152x2", IMAGENET21K, 1000, f"distill/R152x2_T_{res}.npz", res,
                       fine_tuned_on=ILSVRC2012, labels_file="ilsvrc2012_wordnet_lemmas.txt",
                       description=f"the BiT-M-R152x2 distillation teacher, fine-tuned on ILSVRC-2012 at {res} px"))
+    # Not a published model: a 0.5M-parameter BiT (same design, GroupNorm(8)) for demos, tutorials and tests.
+    register_arch(TINY_ARCH, ArchSpec((1, 1, 1, 1), 0.25, groups=8))
+    add(ModelInfo("BiT-tiny", TINY_ARCH, "none (random init)", 1000, None, 32,
+                  description="a tiny BiT (depths 1-1-1-1, width 0.25, GroupNorm(8)) for demos and tests; "
+                              "pre-train it with bit_keras.pretrain(preset='tiny')"))
     return zoo
 
 
+TINY_ARCH = "R14x0.25"
 ZOO: dict[str, ModelInfo] = _build_zoo()
 
 

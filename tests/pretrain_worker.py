@@ -1,0 +1,56 @@
+"""Subprocess entry points for the distributed pre-training tests (TF devices must be set before TF starts).
+
+    python -m tests.pretrain_worker mirrored OUT_DIR
+    python -m tests.pretrain_worker multi_worker OUT_DIR   (with TF_CONFIG set by the test)
+"""
+
+import os
+import sys
+
+import numpy as np
+
+
+def data(n=64, size=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    images = rng.integers(0, 256, (n, size, size, 3)).astype(np.uint8)
+    images[..., 0] = (labels[:, None, None] * 60).astype(np.uint8)  # a learnable signal
+    return images, labels
+
+
+SETTINGS = dict(preset="tiny", epochs=1, batch_size=16, image_size=16, steps_per_epoch=4, warmup_steps=2,
+                progress=False, checkpoint_every=2)
+
+
+def mirrored(out):
+    from bit_keras.distribute import split_cpu
+
+    devices = split_cpu(2)
+    import tensorflow as tf
+
+    from bit_keras.pretrain import pretrain
+
+    images, labels = data()
+    base = pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.get_strategy(), **SETTINGS)
+    mirrored = pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.MirroredStrategy(devices), **SETTINGS)
+    assert mirrored.model.layers[3].kernel.__class__.__name__ != "", "built"
+    np.savez(os.path.join(out, "default.npz"), *[v.numpy() for v in base.model.weights])
+    np.savez(os.path.join(out, "mirrored.npz"), *[v.numpy() for v in mirrored.model.weights])
+    with open(os.path.join(out, "replicas.txt"), "w") as f:
+        f.write(str(tf.distribute.MirroredStrategy(devices).num_replicas_in_sync))
+
+
+def multi_worker(out):
+    import json
+
+    from bit_keras.pretrain import pretrain
+
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    images, labels = data()
+    result = pretrain("BiT-tiny", (images, labels), strategy="multi_worker", output_dir=os.path.join(out, "run"),
+                      **SETTINGS)
+    np.savez(os.path.join(out, f"worker{task['index']}.npz"), *[v.numpy() for v in result.model.weights])
+
+
+if __name__ == "__main__":
+    {"mirrored": mirrored, "multi_worker": multi_worker}[sys.argv[1]](sys.argv[2])
