@@ -20,6 +20,10 @@ from typing import Sequence
 
 COMMAND_MODULES = (
     "bit_keras.commands.zoo",
+    "bit_keras.commands.transfer",
+    "bit_keras.commands.pretrain",
+    "bit_keras.commands.hub",
+    "bit_keras.commands.demo",
 )
 
 

@@ -13,6 +13,13 @@ MODULES = [
     "bit_keras.weights",
     "bit_keras.models",
     "bit_keras.labels",
+    "bit_keras.hyperrule",
+    "bit_keras.upstream",
+    "bit_keras.distribute",
+    "bit_keras.demo",
+    "bit_keras.plots",
+    "bit_keras.pretrain",
+    "bit_keras.transfer",
     "bit_keras.download",
     "bit_keras.cli",
 ]

@@ -1,0 +1,91 @@
+"""Plots people would rather look at than read: training curves of a run and the few-shot curve (PNG).
+
+Example:
+    >>> import tempfile, pathlib
+    >>> p = plot_few_shot({"examples_per_class": [1, 5], "transfer": [0.7, 0.9], "scratch": [0.5, 0.8]},
+    ...                   pathlib.Path(tempfile.mkdtemp()) / "fewshot.png")
+    >>> p.stat().st_size > 1000
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_few_shot(results: dict[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Accuracy against examples per class, transfer vs scratch, mean with a band of one std over seeds.
+
+    ``results`` holds ``examples_per_class``, ``transfer`` and ``scratch`` (means) and optionally
+    ``transfer_std`` / ``scratch_std`` (the layout of the demo's ``demo.json``).
+    """
+    plt = _pyplot()
+    shots = results["examples_per_class"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label, color in (("transfer", "BiT transfer (pre-trained upstream)", "tab:blue"),
+                              ("scratch", "from scratch, same budget", "tab:gray")):
+        mean = results[key]
+        ax.plot(shots, mean, "o-", color=color, label=label)
+        std = results.get(f"{key}_std")
+        if std:
+            ax.fill_between(shots, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(shots)
+    ax.set_xticklabels([str(s) for s in shots])
+    ax.set_xlabel("examples per class")
+    ax.set_ylabel("test top-1 accuracy")
+    ax.set_title(title or "Few-shot transfer")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(fig, Path(path))
+
+
+def plot_run(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Training curves (loss, learning rate, validation top-1) of a transfer or pretrain run directory.
+
+    Reads ``history.json`` (written by :func:`bit_keras.transfer`); writes ``curves.png`` in the run
+    directory unless ``path`` is given.
+    """
+    run_dir = Path(run_dir)
+    history_file = run_dir / "history.json"
+    if not history_file.is_file():
+        raise FileNotFoundError(f"{history_file} does not exist: pass the output directory of a transfer run")
+    history = json.loads(history_file.read_text())
+    plt = _pyplot()
+    has_val = bool(history.get("val_step"))
+    fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(12 if has_val else 8, 3.2))
+    axes[0].plot(history["step"], history["loss"], color="tab:blue")
+    axes[0].set_title("training loss")
+    axes[1].plot(history["step"], history["lr"], color="tab:orange")
+    axes[1].set_title("learning rate")
+    if has_val:
+        axes[2].plot(history["val_step"], history["val_top1"], "o-", label="top-1")
+        axes[2].plot(history["val_step"], history["val_top5"], "s--", label="top-5")
+        axes[2].set_title("validation accuracy")
+        axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    return _save(fig, Path(path) if path else run_dir / "curves.png")
