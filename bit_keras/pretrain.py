@@ -181,13 +181,11 @@ def _policy(name: str | None) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def _build(model: str | keras.Model, num_classes: int, seed: int, remat: bool) -> keras.Model:
+def _build(model: str | keras.Model, num_classes: int, seed: int) -> keras.Model:
     if isinstance(model, keras.Model):
         return model
     keras.utils.set_random_seed(seed)
-    scope = keras.RematScope(mode="full") if remat else contextlib.nullcontext()
-    with scope:
-        return create_model(model, num_classes=num_classes)
+    return create_model(model, num_classes=num_classes)
 
 
 def pretrain(
@@ -204,7 +202,6 @@ def pretrain(
     batch_split: int = 1,
     mixed_precision: str | None = None,
     jit_compile: bool = False,
-    remat: bool = False,
     checkpoint_every: int | None = 500,
     export_handle: str | None = None,
     registry: str | os.PathLike | None = None,
@@ -231,7 +228,6 @@ def pretrain(
         mixed_precision: None, ``"mixed_bfloat16"`` or ``"mixed_float16"`` (loss scaling); GroupNorm and
             weight-standardization statistics stay in float32.
         jit_compile: XLA for the per-replica forward/backward pass.
-        remat: recompute activations in the backward pass (``keras.RematScope``) to save memory.
         checkpoint_every: steps between checkpoints (the chief writes them; SIGTERM saves one too).
         export_handle: also export the feature extractor as a SavedModel into the registry under this
             handle (``publisher/name/variant/version``).
@@ -255,7 +251,7 @@ def pretrain(
           f"{config.loss} cross-entropy, weight decay {config.weight_decay}")
 
     with _policy(mixed_precision), strategy.scope():
-        net = _build(model, info.num_classes, seed, remat)
+        net = _build(model, info.num_classes, seed)
         optimizer = make_optimizer(net, momentum=config.momentum, mixed_precision=mixed_precision)
     step_fn = UpstreamStep(net, optimizer, strategy, batch_size=config.batch_size, batch_split=batch_split,
                            jit_compile=jit_compile, loss=config.loss, weight_decay=config.weight_decay)

@@ -170,3 +170,39 @@ def test_multi_worker_mirrored_two_processes(tmp_path):
     run = tmp_path / "run"
     assert tf.train.latest_checkpoint(str(run / "checkpoints")) is not None  # the chief's checkpoint
     assert (run / "weights.npz").exists() and json.loads((run / "upstream.json").read_text())["replicas"] == 2
+
+
+def test_tiny_preset_pretrains_exports_to_the_registry_and_transfer_loads_it(tmp_path, monkeypatch):
+    import hub_export
+
+    monkeypatch.setenv("BIT_KERAS_REGISTRY", str(tmp_path / "registry"))
+    images, labels = data(n=64)
+    handle = "test/tiny-upstream/feature_vector/1"
+    up = pretrain("BiT-tiny", (images, labels), export_handle=handle, **SETTINGS)
+    assert up.handle == handle
+    registry = hub_export.Registry()
+    assert registry.verify(handle) == []
+    meta = registry.show(handle)
+    assert "tiny" in json.dumps(meta)
+    # transfer() takes the registry handle: the exported backbone plus a new zero head, fine-tuned.
+    down_images, down_labels = data(n=32, classes=2, seed=1)
+    result = bit_keras.transfer(handle, (down_images, down_labels), batch_size=8, steps=3, resize=18, crop=16,
+                                progress=False)
+    assert result.model.output_shape[-1] == 2 and len(result.history["loss"]) == 3
+    x = down_images[:4].astype(np.float32) / 255
+    features = bit_keras.load_layer(handle)(x)
+    reference = bit_keras.feature_extractor(up.model, ["pre_logits"])(x)["pre_logits"]
+    np.testing.assert_allclose(np.asarray(features), np.asarray(reference), atol=1e-5)
+
+
+def test_memory_and_speed_knobs_keep_the_result():
+    images, labels = data()
+    settings = {**SETTINGS, "checkpoint_every": None}
+    plain = pretrain("BiT-tiny", (images, labels), **settings)
+    split = pretrain("BiT-tiny", (images, labels), batch_split=2, **settings)
+    np.testing.assert_allclose(plain.history["loss"], split.history["loss"], rtol=1e-4)
+    _same_weights(plain, split)
+    bf16 = pretrain("BiT-tiny", (images, labels), mixed_precision="mixed_bfloat16", **settings)
+    assert bf16.model.get_layer("block1.unit01.a.group_norm").compute_dtype == "bfloat16"
+    assert np.all(np.isfinite(bf16.history["loss"]))
+    assert abs(bf16.history["loss"][0] - plain.history["loss"][0]) < 0.05

@@ -64,7 +64,8 @@ def test_zoo_names_and_metadata():
     assert cifar.num_classes == 10 and cifar.labels[0] == "airplane" and cifar.resolution == 128
     assert bit_keras.get_model_info("BiT-M-R152x4-ILSVRC2012").resolution == 480
     assert bit_keras.list_models("bit-s-r50*") == ["BiT-S-R50x1", "BiT-S-R50x3"]
-    assert set(bit_keras.list_models(pretrained=False)) == {f"BiT-L-{a}" for a in PARAMS_1000} | {"BiT-tiny"}
+    unpublished = {n for n in bit_keras.list_models(pretrained=False) if n.startswith("BiT-")}  # tests register more
+    assert unpublished == {f"BiT-L-{a}" for a in PARAMS_1000} | {"BiT-tiny"}
 
 
 def test_unknown_name_lists_closest():
