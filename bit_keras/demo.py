@@ -20,15 +20,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bit_keras.atomic import write_json
 
 HANDLE = "bit-keras/tiny-digits/feature_vector/1"
 
@@ -49,13 +49,6 @@ class DemoConfig:
 
 FULL = DemoConfig()
 QUICK = DemoConfig(examples_per_class=(1, 5), seeds=(0,), upstream_epochs=1, steps=20, learning_rates=(0.01,))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _fine_tune(images: np.ndarray, labels: np.ndarray, test: tuple[np.ndarray, np.ndarray], *, weights: str | None,
@@ -160,7 +153,7 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", *, quick: bool = False
         "quick": quick,
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    _write_json(out / "demo.json", results)
+    write_json(out / "demo.json", results)
     plot_few_shot(results, out / "demo.png",
                   title="BiT on digits: transfer 0-4 (+rotations) -> 5-9")
     print(format_table(results))

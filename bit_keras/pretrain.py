@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -33,11 +32,13 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 import tensorflow as tf
 
+from bit_keras.atomic import save_model, write_json
 from bit_keras.data import DatasetInfo, load_dataset
 from bit_keras.distribute import distribute_dataset, get_strategy, is_chief
-from bit_keras.layers import GroupNorm, StandardizedConv2D
+from bit_keras.layers import StandardizedConv2D
 from bit_keras.models import create_model
 from bit_keras.train_loop import Checkpointer, TrainStep, make_optimizer, new_history, run_loop
+from bit_keras.transfer_model import dtype_policy, seeded_init
 from bit_keras.upstream import UpstreamConfig, get_preset
 from bit_keras.weights import save_npz
 
@@ -142,13 +143,6 @@ class PretrainResult:
     handle: str | None
 
 
-def _write_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _sigterm_flag() -> Iterator[dict[str, bool]]:
     flag = {"stop": False}
@@ -168,24 +162,11 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-@contextlib.contextmanager
-def _policy(name: str | None) -> Iterator[None]:
-    if name is None:
-        yield
-        return
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
 def _build(model: str | keras.Model, num_classes: int, seed: int) -> keras.Model:
     if isinstance(model, keras.Model):
         return model
-    keras.utils.set_random_seed(seed)
-    return create_model(model, num_classes=num_classes)
+    with seeded_init(seed):
+        return create_model(model, num_classes=num_classes)
 
 
 def pretrain(
@@ -250,7 +231,7 @@ def pretrain(
           f"warm-up {config.warmup_steps}, decays after epochs {list(config.decay_epochs)}, "
           f"{config.loss} cross-entropy, weight decay {config.weight_decay}")
 
-    with _policy(mixed_precision), strategy.scope():
+    with dtype_policy(mixed_precision), strategy.scope():
         net = _build(model, info.num_classes, seed)
         optimizer = make_optimizer(net, momentum=config.momentum, mixed_precision=mixed_precision)
     step_fn = UpstreamStep(net, optimizer, strategy, batch_size=config.batch_size, batch_split=batch_split,
@@ -302,10 +283,8 @@ def pretrain(
         if checkpointer is not None:
             checkpointer.save(total)
         weights_path = save_npz(net, out / "weights.npz")
-        tmp = out / ".model.keras.tmp.keras"
-        net.save(tmp)
-        os.replace(tmp, out / "model.keras")
-        _write_json(out / "upstream.json", {
+        save_model(net, out / "model.keras")
+        write_json(out / "upstream.json", {
             "config": config.to_dict(), "steps": total, "steps_per_epoch": steps_per_epoch,
             "dataset": info.source, "num_examples": info.num_examples, "num_classes": info.num_classes,
             "class_names": info.class_names, "replicas": strategy.num_replicas_in_sync,

@@ -38,6 +38,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from bit_keras.atomic import json_default, save_model, write_json
 from bit_keras.data import DataError, DatasetInfo, eval_pipeline, load_dataset, train_pipeline
 from bit_keras.hyperrule import HyperParams, hyperparams_for
 from bit_keras.train_loop import (
@@ -120,39 +121,6 @@ def scale_schedule(schedule: Sequence[int], steps: int) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (Path, os.PathLike)):
-        return os.fspath(value)
-    return str(value)
-
-
-def _save_model(model: keras.Model, path: Path) -> None:
-    """``model.save`` atomically: to a temp ``.keras`` next to ``path``, then rename."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _describe_source(source: Any) -> str:
     if isinstance(source, tuple):
         return "arrays"
@@ -205,7 +173,7 @@ def _check_resumable(path: Path, run: dict[str, Any]) -> None:
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{path} is missing or unreadable ({err}), but {path.parent} has checkpoints: "
                          "use a new output_dir or delete the old run") from err
-    diff = [k for k in _RESUME_KEYS if json.loads(json.dumps(run.get(k), default=_json_default)) != saved.get(k)]
+    diff = [k for k in _RESUME_KEYS if json.loads(json.dumps(run.get(k), default=json_default)) != saved.get(k)]
     if diff:
         shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {run.get(k)!r}" for k in diff)
         raise ValueError(
@@ -385,7 +353,7 @@ def transfer(
     # scratch folder and resume from the chief's checkpoints.
     work = out if out is None or _is_chief(strategy) else Path(tempfile.mkdtemp(prefix="bit_keras_worker_"))
     if work is not None:
-        _write_json(work / HYPERPARAMS_FILE, record)
+        write_json(work / HYPERPARAMS_FILE, record)
 
     micro = f" in {batch_split} micro-batches of {batch_size // batch_split}" if batch_split > 1 else ""
     print(f"BiT transfer: {model_desc} (weights {run['weights']}) on {record['dataset']['source']}: "
@@ -413,7 +381,7 @@ def transfer(
 
     def save_history() -> None:
         if work is not None:
-            _write_json(work / HISTORY_FILE, history)
+            write_json(work / HISTORY_FILE, history)
 
     def evaluate_now() -> dict[str, float]:
         assert val is not None
@@ -475,9 +443,9 @@ def transfer(
     }
     if work is not None:
         save_history()
-        _write_json(work / METRICS_FILE, metrics)
-        _write_json(work / HYPERPARAMS_FILE, record)
-        _save_model(net, work / MODEL_FILE)
+        write_json(work / METRICS_FILE, metrics)
+        write_json(work / HYPERPARAMS_FILE, record)
+        save_model(net, work / MODEL_FILE)
     return TransferResult(net, history, metrics, out, hp, info)
 
 

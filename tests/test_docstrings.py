@@ -21,6 +21,7 @@ MODULES = [
     "bit_keras.pretrain",
     "bit_keras.transfer",
     "bit_keras.download",
+    "bit_keras.atomic",
     "bit_keras.cli",
 ]
 
