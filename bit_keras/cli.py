@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "bit_keras.commands.pretrain",
     "bit_keras.commands.hub",
     "bit_keras.commands.demo",
+    "bit_keras.commands.bench",
 )
 
 

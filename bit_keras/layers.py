@@ -50,9 +50,11 @@ def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
         >>> bool(abs(float(keras.ops.mean(w))) < 1e-5)
         True
     """
-    mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
-    var = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
-    return (kernel - mean) / ops.sqrt(var + epsilon)
+    # Centre once and reuse it for the variance (ops.var would recompute the mean and subtract again),
+    # and multiply by rsqrt instead of dividing by sqrt: fewer passes over the kernel, forward and backward.
+    centered = kernel - ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+    var = ops.mean(ops.square(centered), axis=(0, 1, 2), keepdims=True)
+    return centered * ops.rsqrt(var + epsilon)
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -100,6 +102,43 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return config
 
 
+def group_norm(x: Any, gamma: Any, beta: Any, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON) -> Any:
+    """Group normalization of channels-last ``x`` (rank >= 2) with per-channel ``gamma`` and ``beta``.
+
+    The statistics are per-channel sums over the spatial axes (a reduction that keeps the contiguous
+    channel axis), then sums over each group's channels on the small (N, C) result; the variance is
+    that of the centred values (two passes, as stable as the textbook formula); the output is one
+    multiply-add with a per-(sample, channel) scale. No 5-D reshape, no reduction over non-adjacent
+    axes, no broadcasting of group statistics over full-size tensors: 1.35-1.47x less CPU per image for
+    BiT-R50x1 training and inference on CPU (benchmarks/proposals/README.md), same outputs.
+
+    Example:
+        >>> import numpy as np
+        >>> x = np.random.default_rng(0).normal(3, 2, (2, 4, 4, 8)).astype("float32")
+        >>> y = np.asarray(group_norm(x, np.ones(8, "float32"), np.zeros(8, "float32"), groups=2))
+        >>> g = y.reshape(2, 16, 2, 4)
+        >>> bool(np.allclose(g.mean(axis=(1, 3)), 0, atol=1e-5)), bool(np.allclose(g.std(axis=(1, 3)), 1, atol=1e-3))
+        (True, True)
+    """
+    rank = len(x.shape)
+    channels = x.shape[-1]
+    per_group = channels // groups
+    spatial = tuple(range(1, rank - 1))
+    to_full = (-1,) + (1,) * (rank - 2) + (channels,)
+    count = ops.cast(per_group * (ops.prod(ops.shape(x)[1:-1]) if spatial else 1), x.dtype)
+
+    def group_mean(t: Any) -> Any:
+        # (N, ..., C) -> (N, C): the mean over the spatial axes and the channels of each channel's group.
+        sums = ops.sum(t, axis=spatial) if spatial else t
+        sums = ops.sum(ops.reshape(sums, (-1, groups, per_group)), axis=-1, keepdims=True)
+        sums = ops.broadcast_to(sums, (ops.shape(sums)[0], groups, per_group))
+        return ops.reshape(sums, (-1, channels)) / count
+
+    centered = x - ops.reshape(group_mean(x), to_full)
+    scale = ops.rsqrt(group_mean(ops.square(centered)) + epsilon) * gamma
+    return centered * ops.reshape(scale, to_full) + beta
+
+
 @keras.saving.register_keras_serializable(package="bit_keras")
 class GroupNorm(keras.layers.Layer):
     """Group normalization over the last axis with BiT's defaults (32 groups, epsilon 1e-5).
@@ -133,17 +172,8 @@ class GroupNorm(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         dtype = stats_dtype(self.compute_dtype)
         x = ops.cast(inputs, dtype)
-        shape = ops.shape(x)
-        channels = x.shape[-1]
-        grouped = ops.reshape(x, (*shape[:-1], self.groups, channels // self.groups))
-        axes = tuple(range(1, len(x.shape) - 1)) + (len(x.shape),)
-        mean = ops.mean(grouped, axis=axes, keepdims=True)
-        var = ops.var(grouped, axis=axes, keepdims=True)
-        grouped = (grouped - mean) * ops.rsqrt(var + self.epsilon)
-        x = ops.reshape(grouped, shape)
-        gamma = ops.cast(self.gamma, dtype)
-        beta = ops.cast(self.beta, dtype)
-        return ops.cast(x * gamma + beta, self.compute_dtype)
+        y = group_norm(x, ops.cast(self.gamma, dtype), ops.cast(self.beta, dtype), self.groups, self.epsilon)
+        return ops.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape

@@ -1,0 +1,1427 @@
+"""Throughput and peak-memory benchmarks of bit_keras models against ``keras.applications.ResNet50V2``.
+
+``bit-keras bench`` (or ``python benchmarks/run.py``) measures images/s and peak memory of inference and
+of a training step (forward, backward, SGD-momentum update) for a grid of *cases*:
+
+* ``bit_keras``: the BiT ResNet-v2 (GroupNorm + weight-standardized convolutions), R50x1 (and R101x3 on
+  a GPU), run eagerly, as a ``tf.function`` or XLA-compiled, in float32 or mixed precision;
+* ``baseline_resnet50v2``: ``keras.applications.ResNet50V2(weights=None)`` (same depth, BatchNorm) under
+  the same settings, in the same run; every row gets ``ratio_to_baseline`` (images/s over the baseline's
+  images/s for the same mode, image size, batch size, variant and precision);
+* ``saved_model`` / ``saved_model_folded``: the ``hub_export`` SavedModel and its serving variant with the
+  weight standardization folded into plain kernels (outputs checked against the Keras model, 1e-5);
+* ``input_pipeline``: a tf.data JPEG decode + resize + random crop + flip + batch pipeline alone;
+* ``timm_resnetv2_50x1_bit``: timm's PyTorch BiT R50x1 as the peer when torch and timm are installed;
+* ``diag_*``: diagnostic variants of the same network without weight standardization and/or without
+  GroupNorm, to price those two layers.
+
+Each row runs in a fresh subprocess by default, so that its peak memory is honest: on CPU it is the
+growth of the process's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
+from the moment after ``import tensorflow`` to the end of the case (weights, optimizer state,
+activations, compiled code, allocator caches); on a GPU it is
+``tf.config.experimental.get_memory_info('GPU:0')['peak']`` after a reset.
+
+Example:
+    >>> round(resnet_v2_gflops((3, 4, 6, 3), 1, 224), 1)
+    8.2
+    >>> rows = [{"case": "baseline_resnet50v2", "mode": "train", "image_size": 128, "batch_size": 8,
+    ...          "variant": "xla", "precision": "float32", "images_per_s": 20.0, "status": "ok"},
+    ...         {"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 8,
+    ...          "variant": "xla", "precision": "float32", "images_per_s": 25.0, "status": "ok"}]
+    >>> [r["ratio_to_baseline"] for r in add_ratios(rows)]
+    [1.0, 1.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import importlib.util
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+# --------------------------------------------------------------------------- names and constants
+
+BIT_CASE = "bit_keras"
+BASELINE_CASE = "baseline_resnet50v2"
+SAVED_MODEL_CASE = "saved_model"
+FOLDED_CASE = "saved_model_folded"
+PIPELINE_CASE = "input_pipeline"
+TIMM_CASE = "timm_resnetv2_50x1_bit"
+DIAG_CASES = ("diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm")
+MODEL_CASES = (BIT_CASE, BASELINE_CASE, *DIAG_CASES)
+ALL_CASES = (BIT_CASE, BASELINE_CASE, SAVED_MODEL_CASE, FOLDED_CASE, PIPELINE_CASE, TIMM_CASE, *DIAG_CASES)
+MODES = ("inference", "train")
+VARIANTS = ("eager", "function", "xla")
+TINY_ARCH = "bench-tiny"
+FOLD_TOLERANCE = 1e-5
+RESULT_PREFIX = "BENCH_RESULT "
+
+CSV_COLUMNS = (
+    "case", "mode", "variant", "precision", "arch", "image_size", "batch_size",
+    "images_per_s", "peak_mem_mb", "ratio_to_baseline", "ratio_to_timm",
+    "images_per_s_max", "cpu_ms_per_image", "gflop_per_s", "first_call_s", "steps", "seconds", "mem_kind",
+    "max_abs_diff", "load1", "status", "note",
+)
+
+# timm resnetv2_50x1_bit (pretrained=False), torch eager, 2 threads, measured on the 2-core AVX-512
+# development machine (AMD EPYC); used in the report only when timm cannot be run here.
+TIMM_REFERENCE: dict[tuple[str, int, int], float] = {
+    ("inference", 224, 8): 14.8, ("train", 224, 8): 5.9,
+    ("inference", 128, 16): 51.2, ("train", 128, 16): 16.7,
+}
+TRAIN_TARGET_VS_TIMM = 1.2
+FLOP_PEAK_FRACTION_TARGET = 0.5
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One benchmark row: what to run and how long to time it.
+
+    Example:
+        >>> CaseSpec("bit_keras", "train", "xla", image_size=128, batch_size=16).label()
+        'bit_keras/train/xla/float32/R50x1/128px/b16'
+    """
+
+    case: str
+    mode: str
+    variant: str = "function"
+    precision: str = "float32"
+    arch: str = "R50x1"
+    image_size: int = 224
+    batch_size: int = 8
+    warmup: int = 2
+    repeats: int = 3
+    min_seconds: float = 2.0
+    min_steps: int = 2
+    device: str = "cpu"
+    work_dir: str = ""
+    profile: bool = False
+
+    def label(self) -> str:
+        """A short human-readable name of the row."""
+        return "/".join([self.case, self.mode, self.variant, self.precision, self.arch,
+                         f"{self.image_size}px", f"b{self.batch_size}"])
+
+
+@dataclass
+class Options:
+    """What ``bit-keras bench`` runs (the command-line flags).
+
+    Example:
+        >>> Options(quick=True, tiny=True).points()
+        [(32, 2)]
+    """
+
+    output: str = "bench-results"
+    quick: bool = False
+    tiny: bool = False
+    device: str = "auto"
+    cases: tuple[str, ...] = ()
+    isolation: str = "subprocess"
+    repeats: int | None = None
+    min_seconds: float | None = None
+    timeout: float = 1200.0
+    diagnostics: bool | None = None
+    point_override: tuple[tuple[int, int], ...] = ()
+    precisions: tuple[str, ...] = ()
+    variants: tuple[str, ...] = ()
+    check_timm: bool = True
+    profile: bool = False
+    verbose: bool = True
+    work_dir: str = ""
+
+    def points(self, gpu: bool = False) -> list[tuple[int, int]]:
+        """(image_size, batch_size) pairs to measure."""
+        if self.point_override:
+            return list(self.point_override)
+        if self.tiny:
+            return [(32, 2)]
+        if gpu:
+            return [(224, 32), (128, 64)] if self.quick else [(224, 16), (224, 32), (224, 64),
+                                                              (128, 32), (128, 64), (128, 128)]
+        return [(224, 8), (128, 16)] if self.quick else [(224, 4), (224, 8), (224, 16),
+                                                         (128, 8), (128, 16), (128, 32)]
+
+
+def _timing(opts: Options, gpu: bool) -> dict[str, Any]:
+    if opts.tiny:
+        base = {"warmup": 1, "repeats": 1, "min_seconds": 0.0, "min_steps": 1}
+    elif opts.quick:
+        base = {"warmup": 2, "repeats": 2, "min_seconds": 1.5, "min_steps": 2}
+    else:
+        base = {"warmup": 2, "repeats": 3, "min_seconds": 3.0, "min_steps": 3}
+    if opts.repeats is not None:
+        base["repeats"] = opts.repeats
+    if opts.min_seconds is not None:
+        base["min_seconds"] = opts.min_seconds
+    base["device"] = "gpu" if gpu else "cpu"
+    base["profile"] = opts.profile
+    return base
+
+
+def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int, int]]]:
+    """(mode, variant, precision, point) of the bit_keras / baseline rows.
+
+    Full mode: every point x mode x variant x precision, plus eager at the first point. Quick mode: float32
+    tf.function at every point, XLA and mixed precision at the first point only, eager inference at the last.
+    """
+    points = opts.points(gpu)
+    mixed = "mixed_float16" if gpu else "mixed_bfloat16"
+    precisions = list(opts.precisions) or (["float32"] if opts.tiny else ["float32", mixed])
+    variants = list(opts.variants) or (["function"] if opts.tiny else ["function", "xla"])
+    grid = []
+    for i, point in enumerate(points):
+        for mode in MODES:
+            for precision in precisions:
+                for variant in variants:
+                    main = variant == variants[0] and precision == precisions[0]
+                    if opts.quick and i > 0 and not main:
+                        continue
+                    if opts.quick and i == 0 and variant != variants[0] and precision != precisions[0]:
+                        continue
+                    grid.append((mode, variant, precision, point))
+    if not opts.tiny and not opts.variants:
+        for mode in ("inference",) if opts.quick else MODES:
+            grid.append((mode, "eager", "float32", points[-1] if opts.quick else points[0]))
+    return grid
+
+
+def build_plan(opts: Options, gpu: bool = False) -> list[CaseSpec]:
+    """The rows to run, in order (bit_keras and baseline rows interleaved so that drift hits both).
+
+    Example:
+        >>> plan = build_plan(Options(tiny=True))
+        >>> sorted({s.case for s in plan})[:3]
+        ['baseline_resnet50v2', 'bit_keras', 'input_pipeline']
+    """
+    timing = _timing(opts, gpu)
+    points = opts.points(gpu)
+    mixed = "mixed_float16" if gpu else "mixed_bfloat16"
+    archs = [TINY_ARCH] if opts.tiny else (["R50x1", "R101x3"] if gpu else ["R50x1"])
+    diagnostics = opts.diagnostics if opts.diagnostics is not None else not (opts.quick or opts.tiny)
+    variants = list(opts.variants) or (["function"] if opts.tiny else ["function", "xla"])
+    plan: list[CaseSpec] = []
+
+    def add(case: str, mode: str, variant: str, precision: str, arch: str, point: tuple[int, int]) -> None:
+        plan.append(CaseSpec(case, mode, variant, precision, arch, point[0], point[1], **timing))
+
+    for arch in archs:
+        for mode, variant, precision, point in _model_grid(opts, gpu):
+            add(BIT_CASE, mode, variant, precision, arch, point)
+            if baseline_available(arch):
+                add(BASELINE_CASE, mode, variant, precision, arch, point)
+        if diagnostics:
+            for point in points[:1] if opts.quick else points[:2]:
+                for mode in MODES:
+                    for case in DIAG_CASES:
+                        for variant in variants:
+                            add(case, mode, variant, "float32", arch, point)
+    sm_variants = [v for v in variants if v in ("function", "xla")] or ["function"]
+    for point in points[:1] if opts.quick else points:
+        for case in (SAVED_MODEL_CASE, FOLDED_CASE):
+            for variant in (sm_variants[:1] if opts.quick or opts.tiny else sm_variants):
+                add(case, "inference", variant, "float32", archs[0], point)
+    for size in sorted({p[0] for p in points}, reverse=True):
+        batch = next(b for s, b in points if s == size)
+        add(PIPELINE_CASE, "train", "tf.data", "float32", "-", (size, batch))
+    timm_points = [p for p in points if ("train",) + p in TIMM_REFERENCE] or points[:1]
+    for point in timm_points:
+        for mode in MODES:
+            for precision in ("float32",) if opts.tiny else ("float32", mixed):
+                add(TIMM_CASE, mode, "torch_eager", precision, "R50x1", point)
+    if opts.cases:
+        plan = [s for s in plan if s.case in opts.cases]
+    return plan
+
+
+# --------------------------------------------------------------------------- architectures and FLOPs
+
+
+def _arch_spec(arch: str):
+    from bit_keras.resnet import ARCHS, ArchSpec
+
+    if arch == TINY_ARCH:
+        return ArchSpec((2, 2, 2, 2), 0.25, groups=8)
+    return ARCHS[arch]
+
+
+def baseline_available(arch: str) -> bool:
+    """Whether a BatchNorm ``keras.applications`` baseline of the same shape exists for ``arch``.
+
+    Example:
+        >>> baseline_available("R50x1"), baseline_available("R101x3")
+        (True, False)
+    """
+    return arch in ("R50x1", TINY_ARCH)
+
+
+def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def resnet_v2_gflops(depths: Sequence[int], width: float, image_size: int, num_classes: int = 1000) -> float:
+    """Forward GFLOP (2 x multiply-adds of convolutions and head) of one image through a BiT ResNet-v2.
+
+    Example:
+        >>> round(resnet_v2_gflops((3, 4, 6, 3), 1, 128), 2)
+        2.67
+    """
+    root = int(64 * width)
+    h = _conv_out(image_size, 7, 2, 3)
+    macs = h * h * 49 * 3 * root
+    h = _conv_out(h, 3, 2, 1)
+    cin = root
+    for b, units in enumerate(depths):
+        mid = int(64 * width) * 2**b
+        for u in range(units):
+            stride = 2 if (u == 0 and b > 0) else 1
+            ho = _conv_out(h, 3, stride, 1)
+            if stride > 1 or cin != 4 * mid:
+                hp = _conv_out(h, 1, stride, 0)
+                macs += hp * hp * cin * 4 * mid
+            macs += h * h * cin * mid + ho * ho * 9 * mid * mid + ho * ho * mid * 4 * mid
+            h, cin = ho, 4 * mid
+    macs += cin * num_classes
+    return 2 * macs / 1e9
+
+
+def case_gflops(spec: CaseSpec) -> float | None:
+    """GFLOP per image of the work a row does (x3 for a training step), None where not a model."""
+    if spec.case in (PIPELINE_CASE,):
+        return None
+    arch = _arch_spec(spec.arch if spec.case != TIMM_CASE else "R50x1")
+    flops = resnet_v2_gflops(arch.depths, arch.width, spec.image_size)
+    return flops * (3 if spec.mode == "train" else 1)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class MemoryProbe:
+    """Peak memory of one case: GPU allocator peak, or growth of the process's RSS high-water mark.
+
+    Example:
+        >>> probe = MemoryProbe(gpu=False); probe.start()
+        >>> block = bytearray(64 << 20); block[::4096] = b"x" * len(block[::4096])
+        >>> mb, kind = probe.peak_mb(); del block
+        >>> mb > 50, kind in ("rss_hwm_delta", "ru_maxrss_delta")
+        (True, True)
+    """
+
+    def __init__(self, gpu: bool = False):
+        self.gpu = gpu
+        self.base_kb = 0
+        self.kind = "gpu_peak" if gpu else "rss_hwm_delta"
+
+    def start(self) -> None:
+        """Reset the high-water marks; the peak is measured from here."""
+        if self.gpu:
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats("GPU:0")
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            self.base_kb = _proc_status_kb("VmHWM") or 0
+            self.kind = "rss_hwm_delta" if self.base_kb else "ru_maxrss_delta"
+        except OSError:
+            self.kind = "ru_maxrss_delta"
+        if self.kind == "ru_maxrss_delta":
+            self.base_kb = _proc_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_mb(self) -> tuple[float, str]:
+        """(peak MB since :meth:`start`, what was measured)."""
+        if self.gpu:
+            import tensorflow as tf
+
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, self.kind
+        if self.kind == "rss_hwm_delta":
+            peak = _proc_status_kb("VmHWM") or 0
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, peak - self.base_kb) / 1024, self.kind
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _build_bit(arch: str, num_classes: int = 1000):
+    from bit_keras.resnet import resnet_v2
+
+    spec = _arch_spec(arch)
+    return resnet_v2(spec.depths, spec.width, num_classes=num_classes, groups=spec.groups,
+                     name=f"bit_{arch.lower().replace('-', '_')}")
+
+
+def _build_baseline(arch: str, image_size: int, num_classes: int = 1000):
+    import keras
+
+    shape = (image_size, image_size, 3)
+    if arch == "R50x1":
+        return keras.applications.ResNet50V2(weights=None, input_shape=shape, classes=num_classes,
+                                             classifier_activation=None)
+    from keras.src.applications import resnet
+
+    def stack_fn(x):
+        for i, filters in enumerate((16, 32, 64, 128)):
+            x = resnet.stack_residual_blocks_v2(x, filters, 2, stride1=1 if i == 3 else 2, name=f"conv{i + 2}")
+        return x
+
+    return resnet.ResNet(stack_fn, True, True, weights=None, input_shape=shape, classes=num_classes,
+                         classifier_activation=None, name="tiny_resnetv2")
+
+
+def diagnostic_model(model, plain_conv: bool, no_norm: bool):
+    """A copy of a bit_keras model with plain ``Conv2D`` for ``StandardizedConv2D`` and/or identity for
+    ``GroupNorm``: the same network less the cost of weight standardization / group normalization.
+
+    Example:
+        >>> from bit_keras.resnet import resnet_v2
+        >>> m = diagnostic_model(resnet_v2((1, 1, 1, 1), 0.25, groups=8), plain_conv=True, no_norm=True)
+        >>> sorted({type(l).__name__ for l in m.layers} & {"Conv2D", "GroupNorm", "Identity"})
+        ['Conv2D', 'Identity']
+    """
+    import keras
+
+    from bit_keras.layers import GroupNorm, StandardizedConv2D
+
+    def clone(layer):
+        if plain_conv and isinstance(layer, StandardizedConv2D):
+            config = layer.get_config()
+            config.pop("epsilon")
+            config["dtype"] = layer.dtype_policy
+            return keras.layers.Conv2D.from_config({**config, "use_bias": False})
+        if no_norm and isinstance(layer, GroupNorm):
+            return keras.layers.Identity(name=layer.name, dtype=layer.dtype_policy)
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+def build_model(spec: CaseSpec):
+    """The Keras model of a model case (under the current dtype policy)."""
+    if spec.case == BASELINE_CASE:
+        return _build_baseline(spec.arch, spec.image_size)
+    model = _build_bit(spec.arch)
+    if spec.case == BIT_CASE:
+        return model
+    return diagnostic_model(model, plain_conv="plain_conv" in spec.case, no_norm="no_norm" in spec.case)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _wrap(fn: Callable, variant: str) -> Callable:
+    import tensorflow as tf
+
+    if variant == "eager":
+        return fn
+    if variant == "function":
+        return tf.function(fn)
+    if variant == "xla":
+        return tf.function(fn, jit_compile=True)
+    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+
+
+def _inputs(spec: CaseSpec, seed: int = 0):
+    import tensorflow as tf
+
+    g = tf.random.Generator.from_seed(seed)
+    images = g.uniform((spec.batch_size, spec.image_size, spec.image_size, 3), dtype=tf.float32)
+    labels = g.uniform((spec.batch_size,), 0, 1000, dtype=tf.int32)
+    return images, labels
+
+
+def inference_step(model, images, variant: str) -> Callable[[], Any]:
+    """A zero-argument callable running one forward pass (``training=False``)."""
+    fn = _wrap(lambda x: model(x, training=False), variant)
+    return lambda: fn(images)
+
+
+def train_step(model, images, labels, variant: str, precision: str) -> Callable[[], Any]:
+    """A zero-argument callable running forward, backward and an SGD-momentum update.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> from bit_keras.resnet import resnet_v2
+        >>> m = resnet_v2((1, 1, 1, 1), 0.25, groups=8, num_classes=10)
+        >>> step = train_step(m, np.ones((2, 32, 32, 3), "float32"), np.zeros(2, "int32"), "function", "float32")
+        >>> float(step()) > 0
+        True
+    """
+    import keras
+    import tensorflow as tf
+
+    optimizer = keras.optimizers.SGD(learning_rate=0.003, momentum=0.9)
+    if precision == "mixed_float16":
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    variables = model.trainable_variables
+    optimizer.build(variables)
+
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+            scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply(grads, variables)
+        return loss
+
+    fn = _wrap(step, variant)
+    return lambda: fn(images, labels)
+
+
+def _sync(value: Any) -> None:
+    import numpy as np
+
+    if isinstance(value, dict):
+        value = next(iter(value.values()))
+    np.asarray(value)
+
+
+def time_steps(step: Callable[[], Any], images_per_step: int, spec: CaseSpec) -> dict[str, Any]:
+    """Warm up, then time ``spec.repeats`` runs of at least ``min_steps`` steps and ``min_seconds``.
+
+    Returns images/s (median and best of the repeats), the first call's seconds (tracing, compiling),
+    the steps and seconds timed, and the process CPU time per image (all threads; on a busy machine the
+    wall-clock rates drop but this stays close to the work done).
+
+    Example:
+        >>> r = time_steps(lambda: time.sleep(0.01), 4, CaseSpec("x", "inference", warmup=1, repeats=2,
+        ...                min_seconds=0.05))
+        >>> 0 < r["images_per_s"] <= 400, r["steps"] >= 2
+        (True, True)
+    """
+    t0 = time.perf_counter()
+    _sync(step())
+    first = time.perf_counter() - t0
+    for _ in range(max(0, spec.warmup - 1)):
+        _sync(step())
+    rates, total_steps, total_seconds, cpu0 = [], 0, 0.0, time.process_time()
+    for _ in range(max(1, spec.repeats)):
+        n, start = 0, time.perf_counter()
+        while True:
+            _sync(step())
+            n += 1
+            elapsed = time.perf_counter() - start
+            if n >= spec.min_steps and elapsed >= spec.min_seconds:
+                break
+        rates.append(n * images_per_step / elapsed)
+        total_steps += n
+        total_seconds += elapsed
+    cpu_ms = (time.process_time() - cpu0) / (total_steps * images_per_step) * 1000
+    return {"images_per_s": statistics.median(rates), "images_per_s_max": max(rates), "first_call_s": first,
+            "steps": total_steps, "seconds": total_seconds, "cpu_ms_per_image": cpu_ms}
+
+
+def profile_ops(step: Callable[[], Any], steps: int = 2, top: int = 15) -> list[tuple[str, float]]:
+    """Run ``steps`` steps under ``tf.profiler`` and return the ``top`` op types by time per step (ms).
+
+    Op time is summed over threads, so with intra-op parallelism the total exceeds the wall time; the
+    shares are what matters (e.g. convolutions vs the GroupNorm reductions and element-wise ops).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> f = tf.function(lambda: tf.reduce_sum(tf.matmul(tf.random.uniform((256, 256)), tf.ones((256, 256)))))
+        >>> ops_ = profile_ops(f, steps=2)
+        >>> any("MatMul" in name for name, _ in ops_)
+        True
+    """
+    import collections
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    _sync(step())
+    logdir = tempfile.mkdtemp(prefix="bench-profile-")
+    try:
+        tf.profiler.experimental.start(logdir)
+        try:
+            for _ in range(steps):
+                _sync(step())
+        finally:
+            tf.profiler.experimental.stop()
+        totals: collections.Counter = collections.Counter()
+        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
+            space = xplane_pb2.XSpace()
+            with open(path, "rb") as f:
+                space.ParseFromString(f.read())
+            for plane in space.planes:
+                names = plane.event_metadata
+                for line in plane.lines:
+                    for event in line.events:
+                        name = names[event.metadata_id].name
+                        # TF op events are "<op name>:<op type>"; skip executor frames ("A::B") and functions.
+                        if ":" not in name or "::" in name or "__inference" in name:
+                            continue
+                        op_type = name.rsplit(":", 1)[1].split("#")[0].strip()
+                        if op_type:
+                            totals[op_type] += event.duration_ps / 1e9 / steps
+        return [(name, round(ms, 2)) for name, ms in totals.most_common(top)]
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _set_policy(precision: str) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+
+
+def run_model_case(spec: CaseSpec) -> dict[str, Any]:
+    """bit_keras, baseline and diagnostic rows: build the model, time inference or a training step."""
+    _set_policy(spec.precision)
+    try:
+        model = build_model(spec)
+        images, labels = _inputs(spec)
+        if spec.mode == "inference":
+            step = inference_step(model, images, spec.variant)
+        else:
+            step = train_step(model, images, labels, spec.variant, spec.precision)
+        result = time_steps(step, spec.batch_size, spec)
+        if spec.profile and spec.variant != "eager":
+            result["profile"] = profile_ops(step)
+        return result
+    finally:
+        _set_policy("float32")
+
+
+def reference_images(image_size: int, n: int = 2):
+    """The fixed images the exported models are checked on (float32 in [0, 1])."""
+    import numpy as np
+
+    return np.random.default_rng(1234).uniform(0, 1, (n, image_size, image_size, 3)).astype("float32")
+
+
+def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterable[int]) -> dict[str, str]:
+    """Export a random-weight bit_keras classifier as ``saved_model`` and ``saved_model_folded`` under
+    ``work_dir`` and store the Keras model's outputs on :func:`reference_images` for each size.
+
+    Returns ``{case: path}``, or ``{"error": message}`` when ``hub_export`` cannot be imported.
+
+    Example:
+        >>> import tempfile
+        >>> sorted(prepare_exports(TINY_ARCH, tempfile.mkdtemp(), [32]))  # doctest: +SKIP
+        ['saved_model', 'saved_model_folded']
+    """
+    import numpy as np
+
+    try:
+        import hub_export
+    except ImportError as e:
+        return {"error": f"hub_export is not importable ({e})"}
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = _build_bit(arch)
+    head = model.get_layer("head")
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 0.02, tuple(head.kernel.shape)).astype("float32")
+    head.set_weights([kernel, rng.normal(0, 0.1, tuple(head.bias.shape)).astype("float32")])
+    for size in image_sizes:
+        np.save(work / f"reference_{size}.npy", np.asarray(model(reference_images(size), training=False)))
+    paths = {}
+    for case, fold in ((SAVED_MODEL_CASE, False), (FOLDED_CASE, True)):
+        target = work / case
+        if target.exists():
+            shutil.rmtree(target)
+        paths[case] = str(hub_export.export(model, target, kind="classifier", fold_standardization=fold))
+    return paths
+
+
+def run_saved_model_case(spec: CaseSpec) -> dict[str, Any]:
+    """saved_model / saved_model_folded rows: load the export, check its outputs, time inference."""
+    import numpy as np
+    import tensorflow as tf
+
+    path = Path(spec.work_dir) / spec.case
+    if not spec.work_dir or not (path / "saved_model.pb").exists():
+        raise FileNotFoundError(f"no export at {path}; prepare_exports() first")
+    loaded = tf.saved_model.load(str(path))
+    reference = np.load(Path(spec.work_dir) / f"reference_{spec.image_size}.npy")
+    got = np.asarray(loaded(tf.constant(reference_images(spec.image_size)), training=False))
+    diff = float(np.max(np.abs(got - reference)))
+    images, _ = _inputs(spec)
+    step = inference_step(loaded, images, spec.variant)
+    result = time_steps(step, spec.batch_size, spec)
+    result["max_abs_diff"] = diff
+    if diff > FOLD_TOLERANCE:
+        result["status"] = "mismatch"
+        result["note"] = f"outputs differ from the Keras model by {diff:.2e} > {FOLD_TOLERANCE:g}"
+    return result
+
+
+def write_jpegs(directory: str | os.PathLike, count: int, height: int, width: int, seed: int = 0) -> list[str]:
+    """Write ``count`` smooth random RGB JPEGs (quality 90) and return their paths.
+
+    Example:
+        >>> import tempfile
+        >>> len(write_jpegs(tempfile.mkdtemp(), 2, 40, 48))
+        2
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        coarse = rng.uniform(0, 255, (height // 8 + 1, width // 8 + 1, 3)).astype("float32")
+        image = tf.image.resize(coarse[None], (height, width), "bilinear")[0]
+        image = tf.clip_by_value(image + rng.normal(0, 8, (height, width, 3)), 0, 255)
+        path = os.path.join(directory, f"img{i:04d}.jpg")
+        tf.io.write_file(path, tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90))
+        paths.append(path)
+    return paths
+
+
+def input_pipeline(files: Sequence[str], image_size: int, batch_size: int):
+    """The BiT training input pipeline on JPEG files: decode, resize, random crop, random flip, batch.
+
+    Resizes to ``image_size * 8 / 7`` (256 for 224, like the ImageNet recipe; 146 for 128), crops
+    ``image_size`` at random, flips at random, scales to float32 [0, 1].
+
+    Example:
+        >>> import tempfile
+        >>> ds = input_pipeline(write_jpegs(tempfile.mkdtemp(), 2, 40, 48), 32, 2)
+        >>> tuple(next(iter(ds)).shape)
+        (2, 32, 32, 3)
+    """
+    import tensorflow as tf
+
+    resize = int(round(image_size * 8 / 7))
+
+    def load(path):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        image = tf.image.resize(image, (resize, resize))
+        image = tf.image.random_crop(image, (image_size, image_size, 3))
+        image = tf.image.random_flip_left_right(image)
+        return image / 255.0
+
+    ds = tf.data.Dataset.from_tensor_slices(list(files)).repeat().shuffle(len(files))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def run_pipeline_case(spec: CaseSpec) -> dict[str, Any]:
+    """input_pipeline rows: images/s of the tf.data pipeline alone, on JPEGs written for the run."""
+    with tempfile.TemporaryDirectory(prefix="bench-jpegs-") as tmp:
+        height = max(spec.image_size + 8, int(spec.image_size * 1.6))
+        files = write_jpegs(tmp, 16 if spec.image_size <= 64 else 64, height, int(height * 1.25))
+        iterators = [iter(input_pipeline(files, spec.image_size, spec.batch_size))]
+        try:
+            return time_steps(lambda: next(iterators[0]), spec.batch_size, spec)
+        finally:
+            iterators.clear()  # drops the iterator: stops the prefetch threads before the files go
+            gc.collect()
+
+
+# --------------------------------------------------------------------------- timm peer (PyTorch)
+
+
+def timm_available() -> bool:
+    """Whether torch and timm can be imported (the optional ``[bench]`` extra)."""
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
+
+
+def run_timm_case(spec: CaseSpec) -> dict[str, Any]:
+    """timm's ``resnetv2_50x1_bit`` (pretrained=False), PyTorch eager, same images and step."""
+    import torch
+    import timm
+
+    gpu = spec.device == "gpu" and torch.cuda.is_available()
+    dev = torch.device("cuda" if gpu else "cpu")
+    if not gpu:
+        torch.set_num_threads(_cores())
+    model = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=1000).to(dev)
+    images = torch.rand(spec.batch_size, 3, spec.image_size, spec.image_size, device=dev)
+    labels = torch.randint(0, 1000, (spec.batch_size,), device=dev)
+    amp_dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(spec.precision)
+
+    def autocast():
+        if amp_dtype is None:
+            return torch.autocast(dev.type, enabled=False)
+        return torch.autocast(dev.type, dtype=amp_dtype)
+
+    def sync(out):
+        if gpu:
+            torch.cuda.synchronize()
+        return out
+
+    if spec.mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                return sync(model(images).float().sum().item())
+    else:
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
+        scaler = torch.amp.GradScaler(enabled=amp_dtype is torch.float16)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            return sync(loss.item())
+
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    result = time_steps(step, spec.batch_size, spec)
+    if gpu:
+        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        result["mem_kind"] = "gpu_peak"
+    return result
+
+
+# --------------------------------------------------------------------------- running one row
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def run_case(spec: CaseSpec) -> dict[str, Any]:
+    """Run one row in this process and return its CSV fields (status ``ok`` / ``error`` / ...).
+
+    Example:
+        >>> row = run_case(CaseSpec("bit_keras", "inference", arch=TINY_ARCH, image_size=32, batch_size=2,
+        ...                         warmup=1, repeats=1, min_seconds=0))
+        >>> row["status"], row["images_per_s"] > 0
+        ('ok', True)
+    """
+    row: dict[str, Any] = {**_spec_fields(spec), "status": "ok", "note": "", "load1": _load1()}
+    gpu = spec.device == "gpu" and spec.case != TIMM_CASE
+    probe = MemoryProbe(gpu=gpu)
+    probe.start()
+    try:
+        if spec.case in MODEL_CASES:
+            result = run_model_case(spec)
+        elif spec.case in (SAVED_MODEL_CASE, FOLDED_CASE):
+            result = run_saved_model_case(spec)
+        elif spec.case == PIPELINE_CASE:
+            result = run_pipeline_case(spec)
+        elif spec.case == TIMM_CASE:
+            result = run_timm_case(spec)
+        else:
+            raise ValueError(f"unknown case {spec.case!r}; choose from {ALL_CASES}")
+    except Exception as e:  # noqa: BLE001 - a failing row is reported, the run goes on
+        row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+        return row
+    if "peak_mem_mb" not in result:
+        result["peak_mem_mb"], result["mem_kind"] = probe.peak_mb()
+    row.update(result)
+    flops = case_gflops(spec)
+    if flops is not None and row.get("images_per_s"):
+        row["gflop_per_s"] = row["images_per_s"] * flops
+    return row
+
+
+def _spec_fields(spec: CaseSpec) -> dict[str, Any]:
+    return {"case": spec.case, "mode": spec.mode, "variant": spec.variant, "precision": spec.precision,
+            "arch": spec.arch, "image_size": spec.image_size, "batch_size": spec.batch_size}
+
+
+def unavailable_row(spec: CaseSpec, note: str) -> dict[str, Any]:
+    """A row for a case that cannot run here (e.g. no torch/timm), with the reason in ``note``.
+
+    Example:
+        >>> unavailable_row(CaseSpec(TIMM_CASE, "train"), "timm not installed")["status"]
+        'unavailable'
+    """
+    return {**_spec_fields(spec), "status": "unavailable", "note": note, "load1": _load1()}
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_isolated(spec: CaseSpec, timeout: float = 1200.0) -> dict[str, Any]:
+    """Run one row in a fresh Python process (honest peak memory) and return its fields."""
+    cmd = [sys.executable, "-m", "bit_keras.bench", "--worker", json.dumps(asdict(spec))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**_spec_fields(spec), "status": "error", "note": f"timed out after {timeout:.0f} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {**_spec_fields(spec), "status": "error", "note": f"worker exited {proc.returncode}: {tail[0][:300]}"}
+
+
+def _worker_main(spec_json: str) -> int:
+    spec = CaseSpec(**json.loads(spec_json))
+    if spec.device == "gpu" and spec.case != TIMM_CASE:
+        import tensorflow as tf
+
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    elif spec.case == TIMM_CASE and timm_available():
+        import timm  # noqa: F401 - the memory baseline is taken after the framework is loaded
+        import torch  # noqa: F401
+    else:
+        import tensorflow  # noqa: F401
+    row = run_case(spec)
+    print(RESULT_PREFIX + json.dumps(row), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- ratios, CSV, Markdown
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return row.get("status") in ("ok", "mismatch") and bool(row.get("images_per_s"))
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["variant"], row["precision"])
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill ``ratio_to_baseline`` (images/s over the baseline row with the same mode, image size, batch
+    size, variant and precision) and ``ratio_to_timm`` (over timm's float32 row with the same mode, size
+    and batch). Rows without a counterpart get an empty ratio.
+
+    Example: see the module docstring.
+    """
+    base = {_key(r): float(r["images_per_s"]) for r in rows if r["case"] == BASELINE_CASE and _ok(r)}
+    timm = {_key(r)[:3]: float(r["images_per_s"]) for r in rows
+            if r["case"] == TIMM_CASE and _ok(r) and r["precision"] == "float32"}
+    for r in rows:
+        ips = float(r["images_per_s"]) if _ok(r) else None
+        b = base.get(_key(r))
+        r["ratio_to_baseline"] = round(ips / b, 4) if ips and b else ""
+        t = timm.get(_key(r)[:3])
+        r["ratio_to_timm"] = round(ips / t, 4) if ips and t and r["case"] != TIMM_CASE else ""
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the rows with :data:`CSV_COLUMNS` (floats to 6 significant digits)."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and software the numbers come from.
+
+    Example:
+        >>> sorted(machine_info())[:4]
+        ['cores', 'cpu', 'cpu_flags', 'gpus']
+    """
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    have = set(line.split(":", 1)[1].split())
+                    flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                                         "amx_tile") if f in have]
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": _cores(), "gpus": [],
+                            "memory_gb": None, "python": platform.python_version(), "os": platform.platform()}
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    import keras
+    import tensorflow as tf
+
+    info["tensorflow"] = tf.__version__
+    info["keras"] = keras.__version__
+    info["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        info["gpus"].append(details.get("device_name", gpu.name))
+    if timm_available():
+        import timm
+        import torch
+
+        info["torch"], info["timm"] = torch.__version__, timm.__version__
+    info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    gpus = ", ".join(machine.get("gpus") or []) or "none"
+    lines = [
+        f"- CPU: {machine.get('cpu')} ({machine.get('cores')} cores available; "
+        f"{', '.join(machine.get('cpu_flags') or []) or 'no AVX-512'}), {machine.get('memory_gb')} GiB memory",
+        f"- GPU: {gpus}",
+        f"- TensorFlow {machine.get('tensorflow')}, Keras {machine.get('keras')}, Python {machine.get('python')}, "
+        f"oneDNN {machine.get('onednn')}" + (f", torch {machine['torch']}, timm {machine['timm']}"
+                                             if machine.get("timm") else ""),
+        f"- load average at start {machine.get('load_avg')}, at end {machine.get('load_avg_end')}",
+    ]
+    return lines
+
+
+TABLE_HEADER = ("| case | mode | variant | precision | arch | px | batch | img/s | peak MB | "
+                "x baseline | x timm | CPU ms/img | GFLOP/s | note |")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (img/s is the median of the repeats; peak MB as measured).
+
+    Example:
+        >>> print(markdown_table([{"case": "bit_keras", "mode": "train", "variant": "xla", "precision": "float32",
+        ...       "arch": "R50x1", "image_size": 224, "batch_size": 8, "images_per_s": 7.5, "status": "ok"}])
+        ...       .splitlines()[2])
+        | bit_keras | train | xla | float32 | R50x1 | 224 | 8 | 7.50 |  |  |  |  |  |  |
+    """
+    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    for r in rows:
+        note = r.get("note") or ""
+        if r.get("status") not in ("ok", None):
+            note = f"**{r.get('status')}** {note}".strip()
+        if r.get("max_abs_diff") not in (None, ""):
+            note = f"max abs diff vs Keras {float(r['max_abs_diff']):.1e}; {note}".strip("; ")
+        cells = [r["case"], r["mode"], r["variant"], r["precision"], r.get("arch", ""), r["image_size"],
+                 r["batch_size"], _fmt(r.get("images_per_s")), _fmt(r.get("peak_mem_mb"), 0),
+                 _fmt(r.get("ratio_to_baseline")), _fmt(r.get("ratio_to_timm")), _fmt(r.get("cpu_ms_per_image"), 1),
+                 _fmt(r.get("gflop_per_s"), 1),
+                 note.replace("|", "/")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _best(rows: Sequence[dict[str, Any]], case: str, mode: str, size: int, batch: int,
+          arch: str | None = None) -> dict[str, Any] | None:
+    found = [r for r in rows if r["case"] == case and r["mode"] == mode and _ok(r)
+             and int(r["image_size"]) == size and int(r["batch_size"]) == batch
+             and (arch is None or r.get("arch") == arch)]
+    return max(found, key=lambda r: float(r["images_per_s"]), default=None)
+
+
+def summary_lines(rows: Sequence[dict[str, Any]], cores: int, reference_machine: bool = False) -> list[str]:
+    """Where bit_keras stands against the targets: training >= 1.2x timm, inference >= half the FLOP peak,
+    the folded export at least as fast as the Keras model (and equal within 1e-5), pipeline headroom.
+
+    ``reference_machine``: this is the 2-core CPU machine :data:`TIMM_REFERENCE` was measured on, so those
+    numbers stand in for timm when it is not installed. The "CPU-time bound" is ``cores`` divided by the
+    process CPU time per image: what the row would reach with the cores to itself (the wall-clock rate
+    falls below it when other processes share the machine).
+
+    Example:
+        >>> summary_lines([], cores=2)
+        []
+    """
+    out = []
+    points = sorted({(int(r["image_size"]), int(r["batch_size"])) for r in rows if r["case"] == BIT_CASE},
+                    reverse=True)
+    timm_rows = {_key(r)[:3]: float(r["images_per_s"]) for r in rows
+                 if r["case"] == TIMM_CASE and _ok(r) and r["precision"] == "float32"}
+    for size, batch in points:
+        for mode in MODES:
+            line = _standing_line(rows, mode, size, batch, cores, timm_rows, reference_machine)
+            if line:
+                out.append(line)
+    for r in rows:
+        if r["case"] == FOLDED_CASE and _ok(r):
+            keras_row = next((k for k in rows if k["case"] == BIT_CASE and _ok(k) and k["mode"] == "inference"
+                              and k["precision"] == "float32" and k["variant"] == r["variant"]
+                              and int(k["image_size"]) == int(r["image_size"])
+                              and int(k["batch_size"]) == int(r["batch_size"])), None)
+            text = (f"- folded export {r['image_size']} px batch {r['batch_size']} ({r['variant']}): "
+                    f"{float(r['images_per_s']):.2f} img/s, max abs diff vs Keras {float(r['max_abs_diff']):.1e} "
+                    f"({'within' if float(r['max_abs_diff']) <= FOLD_TOLERANCE else 'NOT within'} "
+                    f"{FOLD_TOLERANCE:g})")
+            if keras_row:
+                ratio = float(r["images_per_s"]) / float(keras_row["images_per_s"])
+                text += f"; {ratio:.2f}x the Keras model ({'as fast or faster' if ratio >= 0.98 else 'slower'})"
+            out.append(text)
+    for r in rows:
+        if r["case"] == PIPELINE_CASE and _ok(r):
+            train = _best(rows, BIT_CASE, "train", int(r["image_size"]), int(r["batch_size"]))
+            text = f"- input pipeline {r['image_size']} px: {float(r['images_per_s']):.0f} img/s alone"
+            if train:
+                share = float(train["images_per_s"]) / float(r["images_per_s"])
+                text += (f", {share:.1%} of its capacity at the best training rate "
+                         f"({float(train['images_per_s']):.2f} img/s)")
+            out.append(text)
+    for r in rows:
+        if r["case"] == TIMM_CASE and r.get("status") == "unavailable":
+            out.append(f"- timm peer: unavailable ({r.get('note')})")
+            break
+    return out
+
+
+def _cpu_bound(row: dict[str, Any], cores: int) -> float:
+    """Images/s the row would reach with ``cores`` to itself: cores / process CPU time per image."""
+    cpu = row.get("cpu_ms_per_image")
+    return cores * 1000.0 / float(cpu) if cpu not in (None, "", 0) else 0.0
+
+
+def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: int, cores: int,
+                   timm_rows: dict[tuple, float], reference_machine: bool) -> str | None:
+    """One "where we stand" line: best bit_keras row (wall clock and CPU-time bound) vs baseline, timm, targets."""
+    found = [r for r in rows if r["case"] == BIT_CASE and r["mode"] == mode and _ok(r) and r.get("arch") == "R50x1"
+             and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
+    if not found:
+        return None
+    best = max(found, key=lambda r: float(r["images_per_s"]))
+    bound_row = max(found, key=lambda r: _cpu_bound(r, cores))
+    ips, bound = float(best["images_per_s"]), _cpu_bound(bound_row, cores)
+    text = (f"- R50x1 {mode} {size} px batch {batch}: best bit_keras {ips:.2f} img/s ({best['variant']}/"
+            f"{best['precision']}); best CPU-time bound {bound:.1f} img/s ({bound_row['variant']}/"
+            f"{bound_row['precision']})")
+    base_rows = [r for r in rows if r["case"] == BASELINE_CASE and r["mode"] == mode and _ok(r)
+                 and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
+    if base_rows:
+        base = max(base_rows, key=lambda r: float(r["images_per_s"]))
+        text += (f"; best baseline {float(base['images_per_s']):.2f} img/s ({base['variant']}/{base['precision']}), "
+                 f"bound {max(_cpu_bound(r, cores) for r in base_rows):.1f}")
+    timm, source = timm_rows.get((mode, size, batch)), "measured"
+    if timm is None and reference_machine and (mode, size, batch) in TIMM_REFERENCE:
+        timm, source = TIMM_REFERENCE[(mode, size, batch)], "reference number of this machine type"
+    if timm and mode == "train":
+        need = TRAIN_TARGET_VS_TIMM * timm
+        text += (f"; timm {timm:.2f} ({source}): {ips / timm:.2f}x timm, target {TRAIN_TARGET_VS_TIMM}x = "
+                 f"{need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+    elif timm:
+        text += f"; timm {timm:.2f} ({source}): {ips / timm:.2f}x timm"
+    if mode == "inference":
+        peak = cores * 147.0  # GFLOP/s: 2 AVX-512 FMA units x 16 float32 x 2 flops x ~2.3 GHz per core
+        gflops = resnet_v2_gflops((3, 4, 6, 3), 1, size)
+        need = FLOP_PEAK_FRACTION_TARGET * peak / gflops
+        text += (f"; {ips * gflops:.0f} GFLOP/s = {ips * gflops / peak:.0%} of ~{peak:.0f} GFLOP/s fp32 peak, "
+                 f"target half the peak = {need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+    return text
+
+
+def _met(value: float, target: float) -> str:
+    return "met" if value >= target else "NOT met"
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], title: str = "bit-keras bench") -> str:
+    """The report: machine, where we stand, and the table of all rows."""
+    parts = [f"# {title}", "", "## Machine", "", *_machine_lines(machine), "",
+             "## Where we stand", "", *(summary_lines(rows, int(machine.get("cores") or 1), _is_reference_machine(machine))
+                                      or ["- no rows"]), "",
+             "## All rows", "",
+             "img/s: median over the repeats. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
+             "keras.applications.ResNet50V2 with the same mode, size, batch, variant and precision. x timm: over "
+             "timm's float32 row (same mode, size, batch). CPU ms/img: process CPU time (all threads) per image, "
+             "the measure least disturbed by other processes on a shared machine.", "", markdown_table(rows), ""]
+    return "\n".join(parts)
+
+
+def render_profiles(rows: Sequence[dict[str, Any]]) -> str:
+    """``profile.md``: the top op types (ms per step, summed over threads) of each profiled row.
+
+    Example:
+        >>> print(render_profiles([{"case": "bit_keras", "mode": "train", "variant": "function",
+        ...       "precision": "float32", "image_size": 128, "batch_size": 16, "profile": [["Conv2D", 12.5]]}]))
+        # Op profile (ms per step, summed over threads)
+        <BLANKLINE>
+        ## bit_keras train function float32 128 px batch 16
+        <BLANKLINE>
+        | op type | ms/step | share |
+        |---|---|---|
+        | Conv2D | 12.5 | 100% |
+        <BLANKLINE>
+    """
+    parts = ["# Op profile (ms per step, summed over threads)", ""]
+    for r in rows:
+        if not r.get("profile"):
+            continue
+        total = sum(ms for _, ms in r["profile"]) or 1.0
+        parts += [f"## {r['case']} {r['mode']} {r['variant']} {r['precision']} {r['image_size']} px batch "
+                  f"{r['batch_size']}", "", "| op type | ms/step | share |", "|---|---|---|"]
+        parts += [f"| {name} | {ms:.1f} | {ms / total:.0%} |" for name, ms in r["profile"]]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _is_reference_machine(machine: dict[str, Any]) -> bool:
+    """The 2-core AVX-512 CPU machine (no GPU) that :data:`TIMM_REFERENCE` was measured on."""
+    return not machine.get("gpus") and machine.get("cores") == 2 and "avx512f" in (machine.get("cpu_flags") or [])
+
+
+def _mem_note(rows: Sequence[dict[str, Any]]) -> str:
+    kinds = {r.get("mem_kind") for r in rows if r.get("mem_kind")}
+    notes = {
+        "rss_hwm_delta": "growth of the process RSS high-water mark from after `import tensorflow` to the end "
+                         "of the row (weights, optimizer state, activations, compiled code, allocator caches)",
+        "ru_maxrss_delta": "ru_maxrss at the end minus RSS at the start of the row",
+        "gpu_peak": "GPU allocator peak (tf.config.experimental.get_memory_info)",
+    }
+    return "; ".join(notes[k] for k in sorted(kinds) if k in notes) or "not measured"
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _gpu_present(device: str) -> bool:
+    if device == "cpu":
+        return False
+    import tensorflow as tf
+
+    present = bool(tf.config.list_physical_devices("GPU"))
+    if device == "gpu" and not present:
+        raise RuntimeError("--device gpu: TensorFlow sees no GPU")
+    return present
+
+
+def _log(opts: Options, message: str) -> None:
+    if opts.verbose:
+        print(message, flush=True)
+
+
+def run_benchmark(opts: Options) -> list[dict[str, Any]]:
+    """Run the plan, write ``bench.csv``, ``bench.md`` and ``machine.json`` under ``opts.output``, and
+    return the rows.
+
+    Example (a tiny smoke run, in-process; tests/test_bench.py runs it):
+        >>> import tempfile
+        >>> rows = run_benchmark(Options(output=tempfile.mkdtemp(), tiny=True, isolation="inprocess",
+        ...                              cases=("bit_keras", "baseline_resnet50v2"), verbose=False))  # doctest: +SKIP
+        >>> sorted({r["ratio_to_baseline"] for r in rows if r["case"] == "baseline_resnet50v2"})  # doctest: +SKIP
+        [1.0]
+    """
+    out_dir = Path(opts.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpu = _gpu_present(opts.device)
+    machine = machine_info()
+    plan = build_plan(opts, gpu)
+    work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="bench-work-"))
+    rows: list[dict[str, Any]] = []
+    try:
+        exports = _prepare(opts, plan, work)
+        for i, spec in enumerate(plan, 1):
+            spec = replace(spec, work_dir=str(work))
+            row = _run_one(opts, spec, exports)
+            rows.append(row)
+            _log(opts, f"[{i}/{len(plan)}] {spec.label()}: {_row_summary(row)}")
+    finally:
+        if not opts.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    machine["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+    machine["title"] = "bit-keras bench" + (" (--quick)" if opts.quick else "") + (" (--tiny)" if opts.tiny else "")
+    add_ratios(rows)
+    write_csv(rows, out_dir / "bench.csv")
+    report = render_markdown(rows, machine, title=machine["title"])
+    (out_dir / "bench.md").write_text(report, encoding="utf-8")
+    (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n", encoding="utf-8")
+    if any(r.get("profile") for r in rows):
+        (out_dir / "profile.md").write_text(render_profiles(rows), encoding="utf-8")
+    _log(opts, "\n" + report)
+    return rows
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``bench.csv`` with numbers as floats/ints (empty cells stay ``""``).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "bench.csv")
+        >>> _ = write_csv([{"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 8,
+        ...                 "images_per_s": 2.5}], p)
+        >>> read_csv(p)[0]["images_per_s"], read_csv(p)[0]["ratio_to_baseline"]
+        (2.5, '')
+    """
+    ints = {"image_size", "batch_size", "steps"}
+    text = {"case", "mode", "variant", "precision", "arch", "mem_kind", "status", "note"}
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if key in text or value == "":
+                    row[key] = value
+                else:
+                    row[key] = int(float(value)) if key in ints else float(value)
+            rows.append(row)
+    return rows
+
+
+def rerender(out_dir: str | os.PathLike) -> str:
+    """Re-write ``bench.md`` from ``bench.csv`` and ``machine.json`` in ``out_dir`` (e.g. after editing
+    the report code, or after merging CSVs of several runs); returns the report."""
+    out = Path(out_dir)
+    rows = add_ratios(read_csv(out / "bench.csv"))
+    machine = json.loads((out / "machine.json").read_text(encoding="utf-8"))
+    report = render_markdown(rows, machine, title=machine.get("title", "bit-keras bench"))
+    (out / "bench.md").write_text(report, encoding="utf-8")
+    return report
+
+
+def _prepare(opts: Options, plan: Sequence[CaseSpec], work: Path) -> dict[str, str]:
+    specs = [s for s in plan if s.case in (SAVED_MODEL_CASE, FOLDED_CASE)]
+    if not specs:
+        return {}
+    _log(opts, f"exporting {specs[0].arch} SavedModels (plain and folded) ...")
+    try:
+        return prepare_exports(specs[0].arch, work, sorted({s.image_size for s in specs}))
+    except Exception as e:  # noqa: BLE001 - reported on the rows
+        return {"error": f"export failed: {type(e).__name__}: {e}"}
+
+
+def _run_one(opts: Options, spec: CaseSpec, exports: dict[str, str]) -> dict[str, Any]:
+    if spec.case == TIMM_CASE and not (opts.check_timm and timm_available()):
+        return unavailable_row(spec, "torch and timm are not installed (pip install 'bit-keras[bench]')")
+    if spec.case in (SAVED_MODEL_CASE, FOLDED_CASE) and spec.case not in exports:
+        return unavailable_row(spec, exports.get("error", "no export"))
+    if opts.isolation == "subprocess" or spec.case == TIMM_CASE:
+        return run_isolated(spec, opts.timeout)
+    import keras
+
+    keras.backend.clear_session()
+    return run_case(spec)
+
+
+def _row_summary(row: dict[str, Any]) -> str:
+    if not _ok(row):
+        return f"{row.get('status')}: {row.get('note')}"
+    text = f"{float(row['images_per_s']):.2f} img/s, peak {float(row.get('peak_mem_mb') or 0):.0f} MB"
+    if row.get("max_abs_diff") not in (None, ""):
+        text += f", max abs diff vs Keras {float(row['max_abs_diff']):.1e}"
+        text += " (equal within 1e-05)" if float(row["max_abs_diff"]) <= FOLD_TOLERANCE else " (MISMATCH)"
+    return text
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _points(text: str) -> tuple[tuple[int, int], ...]:
+    """Parse ``"224x8,128x16"`` into ((224, 8), (128, 16))."""
+    out = []
+    for item in text.split(","):
+        size, _, batch = item.strip().partition("x")
+        out.append((int(size), int(batch)))
+    return tuple(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bench`` flags (shared by ``bit-keras bench`` and ``benchmarks/run.py``)."""
+    parser.add_argument("--output", default="bench-results", help="directory for bench.csv / bench.md")
+    parser.add_argument("--quick", action="store_true", help="two points, two repeats: a few minutes on CPU")
+    parser.add_argument("--tiny", action="store_true", help="a tiny network at 32 px, one repeat (smoke test)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    parser.add_argument("--cases", default="", help=f"comma-separated subset of {', '.join(ALL_CASES)}")
+    parser.add_argument("--points", default="", help="image_size x batch_size list, e.g. 224x8,128x16")
+    parser.add_argument("--precisions", default="", help="e.g. float32,mixed_bfloat16")
+    parser.add_argument("--variants", default="", help="e.g. function,xla (eager is added at one point)")
+    parser.add_argument("--isolation", choices=("subprocess", "inprocess"), default="subprocess",
+                        help="a fresh process per row (honest peak memory, default) or all in this one")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--min-seconds", type=float, default=None)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per row")
+    parser.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
+                        help="diag_* rows without WS / GN (default: on in full mode)")
+    parser.add_argument("--no-timm", action="store_true", help="skip the timm peer even if installed")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only re-write DIR/bench.md from DIR/bench.csv and DIR/machine.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each model row (tf.profiler) and write DIR/profile.md")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """:class:`Options` from parsed :func:`add_arguments` flags."""
+    def split(text: str) -> tuple[str, ...]:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+
+    unknown = [c for c in split(args.cases) if c not in ALL_CASES]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {', '.join(ALL_CASES)}")
+    if getattr(args, "report_only", False):
+        raise SystemExit("--report-only is handled by run_from_args")
+    return Options(output=args.output, quick=args.quick, tiny=args.tiny, device=args.device,
+                   cases=split(args.cases), isolation=args.isolation, repeats=args.repeats,
+                   min_seconds=args.min_seconds, timeout=args.timeout, diagnostics=args.diagnostics,
+                   point_override=_points(args.points) if args.points else (),
+                   precisions=split(args.precisions), variants=split(args.variants), check_timm=not args.no_timm,
+                   profile=args.profile)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the benchmark for parsed flags; exit code 1 if a folded/plain export disagrees with Keras."""
+    if args.report_only:
+        print(rerender(args.output))
+        return 0
+    rows = run_benchmark(options_from_args(args))
+    return 1 if any(r.get("status") == "mismatch" for r in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bit_keras.bench`` / ``benchmarks/run.py`` entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return _worker_main(argv[1])
+    parser = argparse.ArgumentParser(prog="bit-keras bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
