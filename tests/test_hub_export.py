@@ -85,6 +85,18 @@ def dataset(n: int = 12, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _assert_fine_tunes(clf, layer):
+    """Three epochs of fit (tf-keras or Keras 3): the loss falls and every backbone weight of ``layer`` moves."""
+    backbone = layer.trainable_weights
+    assert len(backbone) == 43
+    before = [w.numpy().copy() for w in backbone]
+    x, y = dataset()
+    losses = clf.fit(x, y, batch_size=6, epochs=3, verbose=0, shuffle=False).history["loss"]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert sum(not np.allclose(b, w.numpy()) for b, w in zip(before, backbone)) == len(backbone)
+    return x, y, backbone
+
+
 # --------------------------------------------------------------------------- outputs and API
 
 
@@ -226,14 +238,7 @@ def _fine_tune_tf_keras(handle: str) -> None:
                                tf_keras.layers.Dense(NUM_CLASSES, kernel_initializer="zeros")])
     clf.compile(tf_keras.optimizers.SGD(0.05, momentum=0.9),
                 tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    backbone = layer.trainable_weights
-    assert len(backbone) == 43
-    before = [w.numpy().copy() for w in backbone]
-    x, y = dataset()
-    losses = clf.fit(x, y, batch_size=6, epochs=3, verbose=0, shuffle=False).history["loss"]
-    assert losses[-1] < losses[0] - 0.05, losses
-    changed = sum(not np.allclose(b, w.numpy()) for b, w in zip(before, backbone))
-    assert changed == len(backbone)
+    x, y, backbone = _assert_fine_tunes(clf, layer)
     with tf.GradientTape() as tape:  # the head is no longer zero, so every backbone weight gets a gradient
         loss = clf.loss(tf.constant(y), clf(x, training=True))
     assert all(g is not None and float(tf.norm(g)) > 0 for g in tape.gradient(loss, backbone))
@@ -278,13 +283,7 @@ def test_keras3_load_layer_fine_tunes(optimizer: str, exports: dict[str, Path], 
     clf = keras.Sequential([keras.Input((None, None, 3)), layer,
                             keras.layers.Dense(NUM_CLASSES, kernel_initializer="zeros")])
     clf.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    backbone = layer.trainable_weights
-    assert len(backbone) == 43
-    before = [w.numpy().copy() for w in backbone]
-    x, y = dataset()
-    losses = clf.fit(x, y, batch_size=6, epochs=3, verbose=0, shuffle=False).history["loss"]
-    assert losses[-1] < losses[0] - 0.05, losses
-    assert sum(not np.allclose(b, w.numpy()) for b, w in zip(before, backbone)) == len(backbone)
+    _assert_fine_tunes(clf, layer)
 
 
 def test_load_layer_wraps_a_call_only_reusable_savedmodel(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bit_keras.layers import GroupNorm, StandardizedConv2D, standardize_kernel
+from bit_keras.transfer_model import dtype_policy
 
 
 def test_standardize_kernel_formula():
@@ -86,10 +87,8 @@ def test_keras_file_reloads_in_a_fresh_process(tmp_path):
 
 @pytest.fixture
 def mixed_bfloat16():
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    yield
-    keras.config.set_dtype_policy(previous)
+    with dtype_policy("mixed_bfloat16"):
+        yield
 
 
 def test_mixed_precision_keeps_statistics_in_float32(mixed_bfloat16):

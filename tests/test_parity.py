@@ -5,6 +5,7 @@ import pytest
 
 import bit_keras
 from bit_keras.resnet import ArchSpec
+from bit_keras.transfer_model import dtype_policy
 from bit_keras.zoo import ModelInfo
 from tests import reference_bit
 
@@ -85,12 +86,8 @@ def test_new_head_is_zero_and_feature_model_matches(r50_checkpoint, r50_model):
 
 @pytest.fixture
 def float64_policy():
-    import keras
-
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_dtype_policy(previous)
+    with dtype_policy("float64"):
+        yield
 
 
 def test_float64_model_equals_reference_to_rounding(r50_checkpoint, float64_policy):
