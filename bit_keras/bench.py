@@ -37,21 +37,19 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import importlib.util
 import json
 import math
 import os
 import platform
-import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from bit_keras.bench_timing import RESULT_PREFIX, MemoryProbe, cores, load1, sync, time_steps
 
 # --------------------------------------------------------------------------- names and constants
 
@@ -68,7 +66,6 @@ MODES = ("inference", "train")
 VARIANTS = ("eager", "function", "xla")
 TINY_ARCH = "bench-tiny"
 FOLD_TOLERANCE = 1e-5
-RESULT_PREFIX = "BENCH_RESULT "
 
 CSV_COLUMNS = (
     "case", "mode", "variant", "precision", "arch", "image_size", "batch_size",
@@ -143,6 +140,7 @@ class Options:
     precisions: tuple[str, ...] = ()
     variants: tuple[str, ...] = ()
     check_timm: bool = True
+    peer_python: str = ""
     profile: bool = False
     verbose: bool = True
     work_dir: str = ""
@@ -179,8 +177,9 @@ def _timing(opts: Options, gpu: bool) -> dict[str, Any]:
 def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int, int]]]:
     """(mode, variant, precision, point) of the bit_keras / baseline rows.
 
-    Full mode: every point x mode x variant x precision, plus eager at the first point. Quick mode: float32
-    tf.function at every point, XLA and mixed precision at the first point only, eager inference at the last.
+    Full mode: every point x mode x variant x precision, plus eager at the first point. Quick mode: the rows
+    the targets are read from, ``tf.function`` in float32 and mixed precision at every point and mode, plus
+    XLA inference at the first point (no XLA training: compiling it takes about a minute on CPU; no eager).
     """
     points = opts.points(gpu)
     mixed = "mixed_float16" if gpu else "mixed_bfloat16"
@@ -191,15 +190,13 @@ def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int
         for mode in MODES:
             for precision in precisions:
                 for variant in variants:
-                    main = variant == variants[0] and precision == precisions[0]
-                    if opts.quick and i > 0 and not main:
-                        continue
-                    if opts.quick and i == 0 and variant != variants[0] and precision != precisions[0]:
+                    if opts.quick and variant != variants[0] and not (
+                            i == 0 and mode == "inference" and precision == precisions[0]):
                         continue
                     grid.append((mode, variant, precision, point))
-    if not opts.tiny and not opts.variants:
-        for mode in ("inference",) if opts.quick else MODES:
-            grid.append((mode, "eager", "float32", points[-1] if opts.quick else points[0]))
+    if not opts.tiny and not opts.variants and not opts.quick:
+        for mode in MODES:
+            grid.append((mode, "eager", "float32", points[0]))
     return grid
 
 
@@ -312,63 +309,6 @@ def case_gflops(spec: CaseSpec) -> float | None:
 
 
 # --------------------------------------------------------------------------- memory
-
-
-def _proc_status_kb(field_name: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-class MemoryProbe:
-    """Peak memory of one case: GPU allocator peak, or growth of the process's RSS high-water mark.
-
-    Example:
-        >>> probe = MemoryProbe(gpu=False); probe.start()
-        >>> block = bytearray(64 << 20); block[::4096] = b"x" * len(block[::4096])
-        >>> mb, kind = probe.peak_mb(); del block
-        >>> mb > 50, kind in ("rss_hwm_delta", "ru_maxrss_delta")
-        (True, True)
-    """
-
-    def __init__(self, gpu: bool = False):
-        self.gpu = gpu
-        self.base_kb = 0
-        self.kind = "gpu_peak" if gpu else "rss_hwm_delta"
-
-    def start(self) -> None:
-        """Reset the high-water marks; the peak is measured from here."""
-        if self.gpu:
-            import tensorflow as tf
-
-            tf.config.experimental.reset_memory_stats("GPU:0")
-            return
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            self.base_kb = _proc_status_kb("VmHWM") or 0
-            self.kind = "rss_hwm_delta" if self.base_kb else "ru_maxrss_delta"
-        except OSError:
-            self.kind = "ru_maxrss_delta"
-        if self.kind == "ru_maxrss_delta":
-            self.base_kb = _proc_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def peak_mb(self) -> tuple[float, str]:
-        """(peak MB since :meth:`start`, what was measured)."""
-        if self.gpu:
-            import tensorflow as tf
-
-            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, self.kind
-        if self.kind == "rss_hwm_delta":
-            peak = _proc_status_kb("VmHWM") or 0
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return max(0, peak - self.base_kb) / 1024, self.kind
 
 
 # --------------------------------------------------------------------------- models
@@ -500,49 +440,6 @@ def train_step(model, images, labels, variant: str, precision: str) -> Callable[
     return lambda: fn(images, labels)
 
 
-def _sync(value: Any) -> None:
-    import numpy as np
-
-    if isinstance(value, dict):
-        value = next(iter(value.values()))
-    np.asarray(value)
-
-
-def time_steps(step: Callable[[], Any], images_per_step: int, spec: CaseSpec) -> dict[str, Any]:
-    """Warm up, then time ``spec.repeats`` runs of at least ``min_steps`` steps and ``min_seconds``.
-
-    Returns images/s (median and best of the repeats), the first call's seconds (tracing, compiling),
-    the steps and seconds timed, and the process CPU time per image (all threads; on a busy machine the
-    wall-clock rates drop but this stays close to the work done).
-
-    Example:
-        >>> r = time_steps(lambda: time.sleep(0.01), 4, CaseSpec("x", "inference", warmup=1, repeats=2,
-        ...                min_seconds=0.05))
-        >>> 0 < r["images_per_s"] <= 400, r["steps"] >= 2
-        (True, True)
-    """
-    t0 = time.perf_counter()
-    _sync(step())
-    first = time.perf_counter() - t0
-    for _ in range(max(0, spec.warmup - 1)):
-        _sync(step())
-    rates, total_steps, total_seconds, cpu0 = [], 0, 0.0, time.process_time()
-    for _ in range(max(1, spec.repeats)):
-        n, start = 0, time.perf_counter()
-        while True:
-            _sync(step())
-            n += 1
-            elapsed = time.perf_counter() - start
-            if n >= spec.min_steps and elapsed >= spec.min_seconds:
-                break
-        rates.append(n * images_per_step / elapsed)
-        total_steps += n
-        total_seconds += elapsed
-    cpu_ms = (time.process_time() - cpu0) / (total_steps * images_per_step) * 1000
-    return {"images_per_s": statistics.median(rates), "images_per_s_max": max(rates), "first_call_s": first,
-            "steps": total_steps, "seconds": total_seconds, "cpu_ms_per_image": cpu_ms}
-
-
 def profile_ops(step: Callable[[], Any], steps: int = 2, top: int = 15) -> list[tuple[str, float]]:
     """Run ``steps`` steps under ``tf.profiler`` and return the ``top`` op types by time per step (ms).
 
@@ -562,13 +459,13 @@ def profile_ops(step: Callable[[], Any], steps: int = 2, top: int = 15) -> list[
     import tensorflow as tf
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-    _sync(step())
+    sync(step())
     logdir = tempfile.mkdtemp(prefix="bench-profile-")
     try:
         tf.profiler.experimental.start(logdir)
         try:
             for _ in range(steps):
-                _sync(step())
+                sync(step())
         finally:
             tf.profiler.experimental.stop()
         totals: collections.Counter = collections.Counter()
@@ -750,79 +647,55 @@ def run_pipeline_case(spec: CaseSpec) -> dict[str, Any]:
 # --------------------------------------------------------------------------- timm peer (PyTorch)
 
 
-def timm_available() -> bool:
-    """Whether torch and timm can be imported (the optional ``[bench]`` extra)."""
-    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
+# --------------------------------------------------------------------------- timm peer (PyTorch)
+
+PEER_SCRIPT = Path(__file__).with_name("bench_timm.py")
+_PEER_VERSIONS: dict[str, dict[str, str]] = {}
 
 
-def run_timm_case(spec: CaseSpec) -> dict[str, Any]:
-    """timm's ``resnetv2_50x1_bit`` (pretrained=False), PyTorch eager, same images and step."""
-    import torch
-    import timm
+def timm_versions(python: str | None = None) -> dict[str, str]:
+    """torch and timm versions as seen by the interpreter ``python`` (default: this one), or
+    ``{"error": why}``; asked once per interpreter, in a subprocess (``bench_timm.py --versions``)."""
+    python = python or sys.executable
+    if python not in _PEER_VERSIONS:
+        try:
+            proc = subprocess.run([python, str(PEER_SCRIPT), "--versions"], capture_output=True, text=True,
+                                  timeout=300)
+            lines = proc.stdout.strip().splitlines()
+            _PEER_VERSIONS[python] = json.loads(lines[-1]) if lines else {"error": proc.stderr.strip()[-300:]}
+        except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+            _PEER_VERSIONS[python] = {"error": f"{type(e).__name__}: {e}"}
+    return _PEER_VERSIONS[python]
 
-    gpu = spec.device == "gpu" and torch.cuda.is_available()
-    dev = torch.device("cuda" if gpu else "cpu")
-    if not gpu:
-        torch.set_num_threads(_cores())
-    model = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=1000).to(dev)
-    images = torch.rand(spec.batch_size, 3, spec.image_size, spec.image_size, device=dev)
-    labels = torch.randint(0, 1000, (spec.batch_size,), device=dev)
-    amp_dtype = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(spec.precision)
 
-    def autocast():
-        if amp_dtype is None:
-            return torch.autocast(dev.type, enabled=False)
-        return torch.autocast(dev.type, dtype=amp_dtype)
+def timm_available(python: str | None = None) -> bool:
+    """Whether torch and timm can be imported by ``python`` (the optional ``[bench]`` extra, or another
+    environment named with ``--peer-python``)."""
+    return "error" not in timm_versions(python)
 
-    def sync(out):
-        if gpu:
-            torch.cuda.synchronize()
-        return out
 
-    if spec.mode == "inference":
-        model.eval()
-
-        def step():
-            with torch.inference_mode(), autocast():
-                return sync(model(images).float().sum().item())
-    else:
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
-        scaler = torch.amp.GradScaler(enabled=amp_dtype is torch.float16)
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(model(images).float(), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return sync(loss.item())
-
-    if gpu:
-        torch.cuda.reset_peak_memory_stats()
-    result = time_steps(step, spec.batch_size, spec)
-    if gpu:
-        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        result["mem_kind"] = "gpu_peak"
-    return result
+def run_peer(spec: CaseSpec, python: str | None = None, timeout: float = 1200.0) -> dict[str, Any]:
+    """One timm row, run by ``python`` (default: this interpreter) in its own process: ``bench_timm.py``
+    imports neither TensorFlow nor this package, so the peer may live in a PyTorch-only environment."""
+    row: dict[str, Any] = {**_spec_fields(spec), "status": "ok", "note": "", "load1": load1()}
+    cmd = [python or sys.executable, str(PEER_SCRIPT), json.dumps(asdict(spec))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "status": "error", "note": f"timed out after {timeout:.0f} s"}
+    result = next((json.loads(line[len(RESULT_PREFIX):]) for line in reversed(proc.stdout.splitlines())
+                   if line.startswith(RESULT_PREFIX)), None)
+    if result is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {**row, "status": "error", "note": f"peer exited {proc.returncode}: {tail[0][:300]}"}
+    if "error" in result:
+        return {**row, "status": "error", "note": result["error"]}
+    row.update(result)
+    row["gflop_per_s"] = row["images_per_s"] * case_gflops(spec)
+    return row
 
 
 # --------------------------------------------------------------------------- running one row
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _load1() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
-        return None
 
 
 def run_case(spec: CaseSpec) -> dict[str, Any]:
@@ -834,8 +707,8 @@ def run_case(spec: CaseSpec) -> dict[str, Any]:
         >>> row["status"], row["images_per_s"] > 0
         ('ok', True)
     """
-    row: dict[str, Any] = {**_spec_fields(spec), "status": "ok", "note": "", "load1": _load1()}
-    gpu = spec.device == "gpu" and spec.case != TIMM_CASE
+    row: dict[str, Any] = {**_spec_fields(spec), "status": "ok", "note": "", "load1": load1()}
+    gpu = spec.device == "gpu"
     probe = MemoryProbe(gpu=gpu)
     probe.start()
     try:
@@ -845,8 +718,6 @@ def run_case(spec: CaseSpec) -> dict[str, Any]:
             result = run_saved_model_case(spec)
         elif spec.case == PIPELINE_CASE:
             result = run_pipeline_case(spec)
-        elif spec.case == TIMM_CASE:
-            result = run_timm_case(spec)
         else:
             raise ValueError(f"unknown case {spec.case!r}; choose from {ALL_CASES}")
     except Exception as e:  # noqa: BLE001 - a failing row is reported, the run goes on
@@ -873,7 +744,7 @@ def unavailable_row(spec: CaseSpec, note: str) -> dict[str, Any]:
         >>> unavailable_row(CaseSpec(TIMM_CASE, "train"), "timm not installed")["status"]
         'unavailable'
     """
-    return {**_spec_fields(spec), "status": "unavailable", "note": note, "load1": _load1()}
+    return {**_spec_fields(spec), "status": "unavailable", "note": note, "load1": load1()}
 
 
 def _worker_env() -> dict[str, str]:
@@ -905,9 +776,6 @@ def _worker_main(spec_json: str) -> int:
 
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-    elif spec.case == TIMM_CASE and timm_available():
-        import timm  # noqa: F401 - the memory baseline is taken after the framework is loaded
-        import torch  # noqa: F401
     else:
         import tensorflow  # noqa: F401
     row = run_case(spec)
@@ -966,8 +834,9 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
     return path
 
 
-def machine_info() -> dict[str, Any]:
-    """The machine and software the numbers come from.
+def machine_info(peer_python: str | None = "") -> dict[str, Any]:
+    """The machine and software the numbers come from (with torch/timm versions of ``peer_python``, the
+    timm peer's interpreter: ``""`` for this one, ``None`` not to ask).
 
     Example:
         >>> sorted(machine_info())[:4]
@@ -985,7 +854,7 @@ def machine_info() -> dict[str, Any]:
                                          "amx_tile") if f in have]
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": _cores(), "gpus": [],
+    info: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": cores(), "gpus": [],
                             "memory_gb": None, "python": platform.python_version(), "os": platform.platform()}
     try:
         import psutil
@@ -1002,11 +871,10 @@ def machine_info() -> dict[str, Any]:
     for gpu in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(gpu)
         info["gpus"].append(details.get("device_name", gpu.name))
-    if timm_available():
-        import timm
-        import torch
-
-        info["torch"], info["timm"] = torch.__version__, timm.__version__
+    if peer_python is not None and timm_available(peer_python or None):
+        info.update(timm_versions(peer_python or None))
+        if peer_python:
+            info["peer_python"] = peer_python
     info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
     return info
 
@@ -1251,7 +1119,7 @@ def run_benchmark(opts: Options) -> list[dict[str, Any]]:
     out_dir = Path(opts.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     gpu = _gpu_present(opts.device)
-    machine = machine_info()
+    machine = machine_info(opts.peer_python if opts.check_timm else None)
     plan = build_plan(opts, gpu)
     work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="bench-work-"))
     rows: list[dict[str, Any]] = []
@@ -1327,11 +1195,15 @@ def _prepare(opts: Options, plan: Sequence[CaseSpec], work: Path) -> dict[str, s
 
 
 def _run_one(opts: Options, spec: CaseSpec, exports: dict[str, str]) -> dict[str, Any]:
-    if spec.case == TIMM_CASE and not (opts.check_timm and timm_available()):
-        return unavailable_row(spec, "torch and timm are not installed (pip install 'bit-keras[bench]')")
+    if spec.case == TIMM_CASE:
+        if not (opts.check_timm and timm_available(opts.peer_python or None)):
+            python = opts.peer_python or sys.executable
+            return unavailable_row(spec, f"torch and timm are not importable by {python} "
+                                         "(pip install 'bit-keras[bench]', or --peer-python PATH)")
+        return run_peer(spec, opts.peer_python or None, opts.timeout)
     if spec.case in (SAVED_MODEL_CASE, FOLDED_CASE) and spec.case not in exports:
         return unavailable_row(spec, exports.get("error", "no export"))
-    if opts.isolation == "subprocess" or spec.case == TIMM_CASE:
+    if opts.isolation == "subprocess":
         return run_isolated(spec, opts.timeout)
     import keras
 
@@ -1364,7 +1236,8 @@ def _points(text: str) -> tuple[tuple[int, int], ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` flags (shared by ``bit-keras bench`` and ``benchmarks/run.py``)."""
     parser.add_argument("--output", default="bench-results", help="directory for bench.csv / bench.md")
-    parser.add_argument("--quick", action="store_true", help="two points, two repeats: a few minutes on CPU")
+    parser.add_argument("--quick", action="store_true",
+                        help="two points, the rows the targets are read from, two repeats: a few minutes on CPU")
     parser.add_argument("--tiny", action="store_true", help="a tiny network at 32 px, one repeat (smoke test)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--cases", default="", help=f"comma-separated subset of {', '.join(ALL_CASES)}")
@@ -1379,6 +1252,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,
                         help="diag_* rows without WS / GN (default: on in full mode)")
     parser.add_argument("--no-timm", action="store_true", help="skip the timm peer even if installed")
+    parser.add_argument("--peer-python", default="", metavar="PATH",
+                        help="the Python interpreter (e.g. another venv's bin/python) with torch and timm "
+                             "for the timm peer rows (default: this one)")
     parser.add_argument("--report-only", action="store_true",
                         help="only re-write DIR/bench.md from DIR/bench.csv and DIR/machine.json")
     parser.add_argument("--profile", action="store_true",
@@ -1400,6 +1276,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    min_seconds=args.min_seconds, timeout=args.timeout, diagnostics=args.diagnostics,
                    point_override=_points(args.points) if args.points else (),
                    precisions=split(args.precisions), variants=split(args.variants), check_timm=not args.no_timm,
+                   peer_python=args.peer_python,
                    profile=args.profile)
 
 

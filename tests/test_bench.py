@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory):
     """One tiny in-process run of every case except the diagnostics, timm forced unavailable."""
     out = tmp_path_factory.mktemp("bench")
     original = bench.timm_available
-    bench.timm_available = lambda: False
+    bench.timm_available = lambda python=None: False
     try:
         rows = bench.run_benchmark(bench.Options(output=str(out), tiny=True, isolation="inprocess", verbose=False,
                                                  work_dir=str(out / "work")))
@@ -126,11 +126,33 @@ def test_exports_unavailable_without_hub_export(tmp_path, monkeypatch):
 
 
 def test_timm_rows_unavailable_without_torch(monkeypatch):
-    monkeypatch.setattr(bench, "timm_available", lambda: False)
+    monkeypatch.setattr(bench, "timm_available", lambda python=None: False)
     plan = [s for s in bench.build_plan(bench.Options(quick=True)) if s.case == bench.TIMM_CASE]
     assert {(s.mode, s.image_size, s.batch_size) for s in plan} >= {("train", 224, 8), ("inference", 128, 16)}
     rows = [bench._run_one(bench.Options(), s, {}) for s in plan]
     assert all(r["status"] == "unavailable" and "pip install" in r["note"] for r in rows)
+
+
+def test_timm_peer_interpreter_is_named_when_it_cannot_run(tmp_path):
+    missing = str(tmp_path / "no-such-venv" / "bin" / "python")
+    spec = bench.CaseSpec(bench.TIMM_CASE, "train", **{**TINY, "arch": "R50x1"})
+    row = bench._run_one(bench.Options(peer_python=missing), spec, {})
+    assert row["status"] == "unavailable" and missing in row["note"] and "--peer-python" in row["note"]
+    assert "error" in bench.timm_versions(missing)
+
+
+def test_timm_peer_script_runs_without_tensorflow():
+    """bench_timm.py must run in a PyTorch-only environment: it may not import TensorFlow or bit_keras."""
+    code = ("import sys, runpy; sys.modules['tensorflow'] = sys.modules['keras'] = sys.modules['bit_keras'] = None; "
+            f"sys.path.insert(0, {str(REPO / 'bit_keras')!r}); sys.argv = ['bench_timm.py', '--versions']; "
+            f"runpy.run_path({str(REPO / 'bit_keras' / 'bench_timm.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "tensorflow" not in proc.stderr.lower(), proc.stderr
+    import json
+
+    versions = json.loads(proc.stdout.strip().splitlines()[-1])
+    # torch/timm are optional: either their versions, or the reason they are missing
+    assert set(versions) == {"torch", "timm"} or "No module named" in versions["error"], versions
 
 
 def test_worker_subprocess_row():
@@ -150,14 +172,19 @@ def test_plans():
     quick = bench.build_plan(bench.Options(quick=True))
     bit = [s for s in quick if s.case == "bit_keras"]
     assert {s.mode for s in bit} == {"inference", "train"}
-    assert {s.variant for s in bit} == {"eager", "function", "xla"}
+    assert {s.variant for s in bit} == {"function", "xla"}
     assert {s.precision for s in bit} == {"float32", "mixed_bfloat16"}
     assert {s.image_size for s in bit} == {128, 224}
+    # the rows every target is read from: tf.function, both precisions, both modes, both points
+    assert {(s.mode, s.precision, s.image_size) for s in bit if s.variant == "function"} == {
+        (m, p, z) for m in ("inference", "train") for p in ("float32", "mixed_bfloat16") for z in (128, 224)}
+    assert [(s.mode, s.precision, s.image_size) for s in bit if s.variant == "xla"] == [("inference", "float32", 224)]
     # every bit_keras row has its baseline counterpart
     keys = {(s.mode, s.variant, s.precision, s.image_size, s.batch_size) for s in quick if s.case == "baseline_resnet50v2"}
     assert all((s.mode, s.variant, s.precision, s.image_size, s.batch_size) in keys for s in bit)
     full = bench.build_plan(bench.Options())
     assert len({(s.image_size, s.batch_size) for s in full if s.case == "bit_keras"}) == 6
+    assert {s.variant for s in full if s.case == "bit_keras"} == {"eager", "function", "xla"}
     assert {"diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm"} <= {s.case for s in full}
     gpu = bench.build_plan(bench.Options(quick=True), gpu=True)
     assert {s.arch for s in gpu if s.case == "bit_keras"} == {"R50x1", "R101x3"}
