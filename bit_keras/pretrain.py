@@ -106,7 +106,7 @@ class UpstreamStep(TrainStep):
             return super()._micro_grads(images, labels)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.model(images, training=True), tf.float32)
+            logits = tf.cast(self.forward(images, training=True), tf.float32)
             per_example = tf.reduce_sum(
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits), axis=-1)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch_size)
@@ -183,6 +183,7 @@ def pretrain(
     batch_split: int = 1,
     mixed_precision: str | None = None,
     jit_compile: bool = False,
+    remat: bool = False,
     checkpoint_every: int | None = 500,
     export_handle: str | None = None,
     registry: str | os.PathLike | None = None,
@@ -209,6 +210,8 @@ def pretrain(
         mixed_precision: None, ``"mixed_bfloat16"`` or ``"mixed_float16"`` (loss scaling); GroupNorm and
             weight-standardization statistics stay in float32.
         jit_compile: XLA for the per-replica forward/backward pass.
+        remat: recompute each residual unit's activations in the backward pass instead of keeping them
+            (:mod:`bit_keras.remat`): less memory for bigger batches or models, ~1/3 more compute.
         checkpoint_every: steps between checkpoints (the chief writes them; SIGTERM saves one too).
         export_handle: also export the feature extractor as a SavedModel into the registry under this
             handle (``publisher/name/variant/version``).
@@ -235,7 +238,7 @@ def pretrain(
         net = _build(model, info.num_classes, seed)
         optimizer = make_optimizer(net, momentum=config.momentum, mixed_precision=mixed_precision)
     step_fn = UpstreamStep(net, optimizer, strategy, batch_size=config.batch_size, batch_split=batch_split,
-                           jit_compile=jit_compile, loss=config.loss, weight_decay=config.weight_decay)
+                           jit_compile=jit_compile, remat=remat, loss=config.loss, weight_decay=config.weight_decay)
 
     out = Path(output_dir) if output_dir is not None else None
     checkpointer = None

@@ -202,6 +202,9 @@ def test_memory_and_speed_knobs_keep_the_result():
     split = pretrain("BiT-tiny", (images, labels), batch_split=2, **settings)
     np.testing.assert_allclose(plain.history["loss"], split.history["loss"], rtol=1e-4)
     _same_weights(plain, split)
+    remat = pretrain("BiT-tiny", (images, labels), remat=True, **settings)
+    np.testing.assert_allclose(plain.history["loss"], remat.history["loss"], rtol=1e-5)
+    _same_weights(plain, remat)
     bf16 = pretrain("BiT-tiny", (images, labels), mixed_precision="mixed_bfloat16", **settings)
     assert bf16.model.get_layer("block1.unit01.a.group_norm").compute_dtype == "bfloat16"
     assert np.all(np.isfinite(bf16.history["loss"]))

@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"), default=None)
     p.add_argument("--jit", action="store_true", help="XLA-compile the per-replica step")
+    p.add_argument("--remat", action="store_true",
+                   help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
     p.add_argument("--export-handle", default=None, help="publish the backbone in the registry under this handle")
     p.add_argument("--registry", default=None, help="registry root [$BIT_KERAS_REGISTRY or the cache]")
     p.add_argument("--seed", type=int, default=0)
@@ -34,7 +36,7 @@ def _pretrain(args: argparse.Namespace) -> int:
                                    ("image_size", args.image_size)) if v is not None}
     result = pretrain(args.model, args.dataset, preset=args.preset, output_dir=args.output,
                       strategy=args.strategy, batch_split=args.batch_split, mixed_precision=args.mixed_precision,
-                      jit_compile=args.jit, export_handle=args.export_handle,
+                      jit_compile=args.jit, remat=args.remat, export_handle=args.export_handle,
                       registry=args.registry, seed=args.seed, **overrides)
     print(f"done: {result.steps} steps; weights {result.weights_path}; handle {result.handle}")
     return 0
