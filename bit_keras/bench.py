@@ -63,7 +63,7 @@ DIAG_CASES = ("diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm")
 MODEL_CASES = (BIT_CASE, BASELINE_CASE, *DIAG_CASES)
 ALL_CASES = (BIT_CASE, BASELINE_CASE, SAVED_MODEL_CASE, FOLDED_CASE, PIPELINE_CASE, TIMM_CASE, *DIAG_CASES)
 MODES = ("inference", "train")
-VARIANTS = ("eager", "function", "xla")
+VARIANTS = ("eager", "function", "xla", "remat")  # remat: tf.function, units recomputed (training only)
 TINY_ARCH = "bench-tiny"
 FOLD_TOLERANCE = 1e-5
 
@@ -162,7 +162,7 @@ def _timing(opts: Options, gpu: bool) -> dict[str, Any]:
     if opts.tiny:
         base = {"warmup": 1, "repeats": 1, "min_seconds": 0.0, "min_steps": 1}
     elif opts.quick:
-        base = {"warmup": 2, "repeats": 2, "min_seconds": 1.5, "min_steps": 2}
+        base = {"warmup": 2, "repeats": 2, "min_seconds": 1.0, "min_steps": 2}
     else:
         base = {"warmup": 2, "repeats": 3, "min_seconds": 3.0, "min_steps": 3}
     if opts.repeats is not None:
@@ -178,8 +178,10 @@ def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int
     """(mode, variant, precision, point) of the bit_keras / baseline rows.
 
     Full mode: every point x mode x variant x precision, plus eager at the first point. Quick mode: the rows
-    the targets are read from, ``tf.function`` in float32 and mixed precision at every point and mode, plus
-    XLA inference at the first point (no XLA training: compiling it takes about a minute on CPU; no eager).
+    the targets are read from, ``tf.function`` in float32 and mixed precision (inference at the first point,
+    training at every point), plus
+    XLA inference at the first point (no XLA training: compiling it takes about a minute on CPU; no eager);
+    both: one float32 training row with rematerialised units at the first point (its memory and cost).
     """
     points = opts.points(gpu)
     mixed = "mixed_float16" if gpu else "mixed_bfloat16"
@@ -190,13 +192,19 @@ def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int
         for mode in MODES:
             for precision in precisions:
                 for variant in variants:
+                    if variant == "remat" and mode != "train":
+                        continue
+                    if opts.quick and i > 0 and mode == "inference":
+                        continue  # the inference target is read at 224 px
                     if opts.quick and variant != variants[0] and not (
                             i == 0 and mode == "inference" and precision == precisions[0]):
                         continue
                     grid.append((mode, variant, precision, point))
-    if not opts.tiny and not opts.variants and not opts.quick:
-        for mode in MODES:
-            grid.append((mode, "eager", "float32", points[0]))
+    if not opts.tiny and not opts.variants:
+        # what rematerialisation costs in speed and saves in memory (no baseline: ResNet50V2 has no units)
+        grid.append(("train", "remat", precisions[0], points[0]))
+        if not opts.quick:
+            grid.extend((mode, "eager", "float32", points[0]) for mode in MODES)
     return grid
 
 
@@ -222,7 +230,7 @@ def build_plan(opts: Options, gpu: bool = False) -> list[CaseSpec]:
     for arch in archs:
         for mode, variant, precision, point in _model_grid(opts, gpu):
             add(BIT_CASE, mode, variant, precision, arch, point)
-            if baseline_available(arch):
+            if baseline_available(arch) and variant != "remat":
                 add(BASELINE_CASE, mode, variant, precision, arch, point)
         if diagnostics:
             for point in points[:1] if opts.quick else points[:2]:
@@ -235,12 +243,12 @@ def build_plan(opts: Options, gpu: bool = False) -> list[CaseSpec]:
         for case in (SAVED_MODEL_CASE, FOLDED_CASE):
             for variant in (sm_variants[:1] if opts.quick or opts.tiny else sm_variants):
                 add(case, "inference", variant, "float32", archs[0], point)
-    for size in sorted({p[0] for p in points}, reverse=True):
+    for size in sorted({p[0] for p in (points[:1] if opts.quick else points)}, reverse=True):
         batch = next(b for s, b in points if s == size)
         add(PIPELINE_CASE, "train", "tf.data", "float32", "-", (size, batch))
     timm_points = [p for p in points if ("train",) + p in TIMM_REFERENCE] or points[:1]
-    for point in timm_points:
-        for mode in MODES:
+    for i, point in enumerate(timm_points):
+        for mode in ("train",) if opts.quick and i > 0 else MODES:
             for precision in ("float32",) if opts.tiny else ("float32", mixed):
                 add(TIMM_CASE, mode, "torch_eager", precision, "R50x1", point)
     if opts.cases:
@@ -385,7 +393,7 @@ def _wrap(fn: Callable, variant: str) -> Callable:
 
     if variant == "eager":
         return fn
-    if variant == "function":
+    if variant in ("function", "remat"):
         return tf.function(fn)
     if variant == "xla":
         return tf.function(fn, jit_compile=True)
@@ -426,10 +434,15 @@ def train_step(model, images, labels, variant: str, precision: str) -> Callable[
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     variables = model.trainable_variables
     optimizer.build(variables)
+    forward = model
+    if variant == "remat":
+        from bit_keras.remat import remat_forward
+
+        forward = remat_forward(model)
 
     def step(x, y):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(x, training=True), tf.float32)
+            logits = tf.cast(forward(x, training=True), tf.float32)
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         grads = tape.gradient(scaled, variables)
@@ -794,21 +807,24 @@ def _key(row: dict[str, Any]) -> tuple:
     return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["variant"], row["precision"])
 
 
+def _timm_key(row: dict[str, Any]) -> tuple:
+    return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["precision"])
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill ``ratio_to_baseline`` (images/s over the baseline row with the same mode, image size, batch
-    size, variant and precision) and ``ratio_to_timm`` (over timm's float32 row with the same mode, size
-    and batch). Rows without a counterpart get an empty ratio.
+    size, variant and precision) and ``ratio_to_timm`` (over timm's row with the same mode, size, batch
+    and precision). Rows without a counterpart get an empty ratio.
 
     Example: see the module docstring.
     """
     base = {_key(r): float(r["images_per_s"]) for r in rows if r["case"] == BASELINE_CASE and _ok(r)}
-    timm = {_key(r)[:3]: float(r["images_per_s"]) for r in rows
-            if r["case"] == TIMM_CASE and _ok(r) and r["precision"] == "float32"}
+    timm = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and _ok(r)}
     for r in rows:
         ips = float(r["images_per_s"]) if _ok(r) else None
         b = base.get(_key(r))
         r["ratio_to_baseline"] = round(ips / b, 4) if ips and b else ""
-        t = timm.get(_key(r)[:3])
+        t = timm.get(_timm_key(r))
         r["ratio_to_timm"] = round(ips / t, 4) if ips and t and r["case"] != TIMM_CASE else ""
     return rows
 
@@ -946,8 +962,7 @@ def summary_lines(rows: Sequence[dict[str, Any]], cores: int, reference_machine:
     out = []
     points = sorted({(int(r["image_size"]), int(r["batch_size"])) for r in rows if r["case"] == BIT_CASE},
                     reverse=True)
-    timm_rows = {_key(r)[:3]: float(r["images_per_s"]) for r in rows
-                 if r["case"] == TIMM_CASE and _ok(r) and r["precision"] == "float32"}
+    timm_rows = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and _ok(r)}
     for size, batch in points:
         for mode in MODES:
             line = _standing_line(rows, mode, size, batch, cores, timm_rows, reference_machine)
@@ -1008,15 +1023,18 @@ def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: 
         base = max(base_rows, key=lambda r: float(r["images_per_s"]))
         text += (f"; best baseline {float(base['images_per_s']):.2f} img/s ({base['variant']}/{base['precision']}), "
                  f"bound {max(_cpu_bound(r, cores) for r in base_rows):.1f}")
-    timm, source = timm_rows.get((mode, size, batch)), "measured"
+    timm, source = timm_rows.get((mode, size, batch, "float32")), "measured"
     if timm is None and reference_machine and (mode, size, batch) in TIMM_REFERENCE:
         timm, source = TIMM_REFERENCE[(mode, size, batch)], "reference number of this machine type"
     if timm and mode == "train":
         need = TRAIN_TARGET_VS_TIMM * timm
-        text += (f"; timm {timm:.2f} ({source}): {ips / timm:.2f}x timm, target {TRAIN_TARGET_VS_TIMM}x = "
+        text += (f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm, target {TRAIN_TARGET_VS_TIMM}x = "
                  f"{need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
     elif timm:
-        text += f"; timm {timm:.2f} ({source}): {ips / timm:.2f}x timm"
+        text += f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm"
+    same = timm_rows.get((mode, size, batch, best["precision"]))
+    if same:
+        text += f"; vs timm also in {best['precision']} ({same:.2f} img/s): {ips / same:.2f}x"
     if mode == "inference":
         peak = cores * 147.0  # GFLOP/s: 2 AVX-512 FMA units x 16 float32 x 2 flops x ~2.3 GHz per core
         gflops = resnet_v2_gflops((3, 4, 6, 3), 1, size)

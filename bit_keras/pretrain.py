@@ -23,11 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -37,16 +36,15 @@ from bit_keras.data import DatasetInfo, load_dataset
 from bit_keras.distribute import distribute_dataset, get_strategy, is_chief
 from bit_keras.layers import StandardizedConv2D
 from bit_keras.models import create_model
+from bit_keras.preemption import Preempted, preemption_guard
 from bit_keras.train_loop import Checkpointer, TrainStep, make_optimizer, new_history, run_loop
 from bit_keras.transfer_model import dtype_policy, seeded_init
 from bit_keras.upstream import UpstreamConfig, get_preset
 from bit_keras.weights import save_npz
 
+__all__ = ["Preempted", "PretrainResult", "UpstreamStep", "export_to_registry", "pretrain", "upstream_pipeline"]
+
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class Preempted(RuntimeError):
-    """The run received SIGTERM (a preemption); a checkpoint of the last completed step was saved."""
 
 
 def upstream_pipeline(ds: tf.data.Dataset, info: DatasetInfo, *, image_size: int, batch_size: int,
@@ -143,25 +141,6 @@ class PretrainResult:
     handle: str | None
 
 
-@contextlib.contextmanager
-def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    flag = {"stop": False}
-    if threading_main():
-        previous = signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("stop", True))
-        try:
-            yield flag
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    else:
-        yield flag
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def _build(model: str | keras.Model, num_classes: int, seed: int) -> keras.Model:
     if isinstance(model, keras.Model):
         return model
@@ -185,6 +164,7 @@ def pretrain(
     jit_compile: bool = False,
     remat: bool = False,
     checkpoint_every: int | None = 500,
+    preemption: str = "auto",
     export_handle: str | None = None,
     registry: str | os.PathLike | None = None,
     progress: bool = True,
@@ -212,7 +192,11 @@ def pretrain(
         jit_compile: XLA for the per-replica forward/backward pass.
         remat: recompute each residual unit's activations in the backward pass instead of keeping them
             (:mod:`bit_keras.remat`): less memory for bigger batches or models, ~1/3 more compute.
-        checkpoint_every: steps between checkpoints (the chief writes them; SIGTERM saves one too).
+        checkpoint_every: steps between checkpoints (the chief writes them).
+        preemption: how a preemption notice is heard (:mod:`bit_keras.preemption`): ``"auto"`` (TensorFlow's
+            ``PreemptionCheckpointHandler`` where it works, which under MultiWorkerMirroredStrategy stops
+            every worker at the same step; else a SIGTERM flag), ``"tf"`` or ``"signal"``. Either saves a
+            checkpoint after a completed step and raises :class:`Preempted`; needs ``output_dir``.
         export_handle: also export the feature extractor as a SavedModel into the registry under this
             handle (``publisher/name/variant/version``).
         registry: the registry root (default ``$BIT_KERAS_REGISTRY``, else under the cache).
@@ -265,11 +249,12 @@ def pretrain(
     writer = tf.summary.create_file_writer(os.fspath(out / "tensorboard")) if out is not None and chief else None
     history = new_history()
 
-    with _sigterm_flag() as flag:
+    guard_scope = (preemption_guard(strategy, checkpointer.manager, checkpointer.step, preemption)
+                   if checkpointer is not None else contextlib.nullcontext(None))
+    with guard_scope as guard:
         def hook(done: int, logs: dict[str, float]) -> None:
-            if flag["stop"] and checkpointer is not None:
-                checkpointer.save(done)
-                raise Preempted(f"stopped by SIGTERM after step {done}; the checkpoint is saved, run again to resume")
+            if guard is not None:
+                guard.check(done)  # saves and raises Preempted once told to stop (every worker, same step)
             if on_step is not None:
                 on_step(done, logs)
 

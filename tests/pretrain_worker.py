@@ -52,5 +52,35 @@ def multi_worker(out):
     np.savez(os.path.join(out, f"worker{task['index']}.npz"), *[v.numpy() for v in result.model.weights])
 
 
+def multi_worker_resume(out):
+    """Two epochs (8 steps); with BIT_TEST_PREEMPT_AT=k worker 1 sends itself SIGTERM after step k."""
+    import json
+    import signal
+
+    from bit_keras.pretrain import Preempted, pretrain
+
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    preempt_at = int(os.environ.get("BIT_TEST_PREEMPT_AT", "0"))
+
+    def on_step(step, logs):
+        if preempt_at and index == 1 and step == preempt_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    images, labels = data()
+    settings = {**SETTINGS, "epochs": 2, "checkpoint_every": None}
+    try:
+        result = pretrain("BiT-tiny", (images, labels), strategy="multi_worker", output_dir=os.path.join(out, "run"),
+                          on_step=on_step, preemption="tf", **settings)
+    except Preempted as e:
+        step = int(str(e).split("after step ")[1].split(";")[0])
+        with open(os.path.join(out, f"preempted{index}.json"), "w") as f:
+            json.dump({"step": step, "message": str(e)}, f)
+        return
+    with open(os.path.join(out, f"resumed{index}.json"), "w") as f:
+        json.dump({"first_step": result.history["step"][0]}, f)
+    np.savez(os.path.join(out, f"worker{index}.npz"), *[v.numpy() for v in result.model.weights])
+
+
 if __name__ == "__main__":
-    {"mirrored": mirrored, "multi_worker": multi_worker}[sys.argv[1]](sys.argv[2])
+    {"mirrored": mirrored, "multi_worker": multi_worker,
+     "multi_worker_resume": multi_worker_resume}[sys.argv[1]](sys.argv[2])

@@ -128,7 +128,7 @@ def test_exports_unavailable_without_hub_export(tmp_path, monkeypatch):
 def test_timm_rows_unavailable_without_torch(monkeypatch):
     monkeypatch.setattr(bench, "timm_available", lambda python=None: False)
     plan = [s for s in bench.build_plan(bench.Options(quick=True)) if s.case == bench.TIMM_CASE]
-    assert {(s.mode, s.image_size, s.batch_size) for s in plan} >= {("train", 224, 8), ("inference", 128, 16)}
+    assert {(s.mode, s.image_size, s.batch_size) for s in plan} >= {("train", 224, 8), ("inference", 224, 8), ("train", 128, 16)}
     rows = [bench._run_one(bench.Options(), s, {}) for s in plan]
     assert all(r["status"] == "unavailable" and "pip install" in r["note"] for r in rows)
 
@@ -172,19 +172,22 @@ def test_plans():
     quick = bench.build_plan(bench.Options(quick=True))
     bit = [s for s in quick if s.case == "bit_keras"]
     assert {s.mode for s in bit} == {"inference", "train"}
-    assert {s.variant for s in bit} == {"function", "xla"}
+    assert {s.variant for s in bit} == {"function", "xla", "remat"}
     assert {s.precision for s in bit} == {"float32", "mixed_bfloat16"}
     assert {s.image_size for s in bit} == {128, 224}
-    # the rows every target is read from: tf.function, both precisions, both modes, both points
+    # the rows the targets are read from: tf.function, both precisions; inference at 224, training at both
     assert {(s.mode, s.precision, s.image_size) for s in bit if s.variant == "function"} == {
-        (m, p, z) for m in ("inference", "train") for p in ("float32", "mixed_bfloat16") for z in (128, 224)}
+        (m, p, z) for m, z in (("inference", 224), ("train", 224), ("train", 128))
+        for p in ("float32", "mixed_bfloat16")}
     assert [(s.mode, s.precision, s.image_size) for s in bit if s.variant == "xla"] == [("inference", "float32", 224)]
+    assert [(s.mode, s.precision, s.image_size) for s in bit if s.variant == "remat"] == [("train", "float32", 224)]
     # every bit_keras row has its baseline counterpart
     keys = {(s.mode, s.variant, s.precision, s.image_size, s.batch_size) for s in quick if s.case == "baseline_resnet50v2"}
-    assert all((s.mode, s.variant, s.precision, s.image_size, s.batch_size) in keys for s in bit)
+    assert all((s.mode, s.variant, s.precision, s.image_size, s.batch_size) in keys for s in bit if s.variant != "remat")
+    assert not any(s.variant == "remat" for s in quick if s.case == "baseline_resnet50v2")  # it has no units
     full = bench.build_plan(bench.Options())
     assert len({(s.image_size, s.batch_size) for s in full if s.case == "bit_keras"}) == 6
-    assert {s.variant for s in full if s.case == "bit_keras"} == {"eager", "function", "xla"}
+    assert {s.variant for s in full if s.case == "bit_keras"} == {"eager", "function", "xla", "remat"}
     assert {"diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm"} <= {s.case for s in full}
     gpu = bench.build_plan(bench.Options(quick=True), gpu=True)
     assert {s.arch for s in gpu if s.case == "bit_keras"} == {"R50x1", "R101x3"}

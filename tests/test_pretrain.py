@@ -113,19 +113,28 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted
     _same_weights(uninterrupted, resumed)
 
 
-def test_sigterm_preemption_saves_and_resumes(tmp_path, uninterrupted):
+@pytest.mark.parametrize("mode", ["tf", "signal"])
+def test_sigterm_preemption_saves_and_resumes(tmp_path, uninterrupted, mode):
+    """SIGTERM mid-run: a checkpoint at a step boundary, Preempted, and the restarted run ends the same.
+    ``tf``: TensorFlow's PreemptionCheckpointHandler (it saves one step later: the step it announces);
+    ``signal``: our SIGTERM flag. Both put the previous SIGTERM handler back."""
     images, labels = data()
-    settings = {**RESUME_SETTINGS, "checkpoint_every": None}
+    settings = {**RESUME_SETTINGS, "checkpoint_every": None, "preemption": mode}
+    before = signal.getsignal(signal.SIGTERM)
 
     def preempt(step, logs):
         if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(Preempted, match="after step 3"):
+    with pytest.raises(Preempted, match=r"after step (3|4);") as info:
         pretrain("BiT-tiny", (images, labels), output_dir=tmp_path, on_step=preempt, **settings)
+    saved = int(str(info.value).split("after step ")[1].split(";")[0])
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(f"ckpt-{saved}")
+    assert signal.getsignal(signal.SIGTERM) is before
     resumed = pretrain("BiT-tiny", (images, labels), output_dir=tmp_path, **settings)
-    assert resumed.history["step"][0] == 4
+    assert resumed.history["step"][0] == saved + 1
     _same_weights(uninterrupted, resumed)
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_mirrored_strategy_matches_the_default_strategy(tmp_path):
@@ -153,23 +162,47 @@ def _free_ports(n):
     return ports
 
 
-def test_multi_worker_mirrored_two_processes(tmp_path):
+def _multi_worker(tmp_path, mode, extra_env=None):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = [
-        _run_worker(["multi_worker", str(tmp_path)],
-                    env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+        _run_worker([mode, str(tmp_path)],
+                    env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+                         **(extra_env or {})})
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def test_multi_worker_mirrored_two_processes(tmp_path):
+    _multi_worker(tmp_path, "multi_worker")
     w0, w1 = _weights(tmp_path / "worker0.npz"), _weights(tmp_path / "worker1.npz")
     for a, b in zip(w0, w1):
         np.testing.assert_array_equal(a, b)
     run = tmp_path / "run"
     assert tf.train.latest_checkpoint(str(run / "checkpoints")) is not None  # the chief's checkpoint
     assert (run / "weights.npz").exists() and json.loads((run / "upstream.json").read_text())["replicas"] == 2
+
+
+def test_multi_worker_preemption_of_one_worker_stops_both_at_the_same_step(tmp_path, uninterrupted):
+    """SIGTERM to worker 1 only: TF's PreemptionCheckpointHandler makes both workers save at the same step
+    and stop; restarted, both resume from the chief's checkpoint and end as an uninterrupted run does."""
+    _multi_worker(tmp_path, "multi_worker_resume", {"BIT_TEST_PREEMPT_AT": "2"})
+    stopped = [json.loads((tmp_path / f"preempted{i}.json").read_text()) for i in range(2)]
+    assert stopped[0]["step"] == stopped[1]["step"] >= 3, stopped
+    assert all("preemption notice" in s["message"] for s in stopped)
+    chief_ckpt = tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints"))
+    assert chief_ckpt.endswith(f"ckpt-{stopped[0]['step']}")
+    _multi_worker(tmp_path, "multi_worker_resume")
+    w0, w1 = _weights(tmp_path / "worker0.npz"), _weights(tmp_path / "worker1.npz")
+    starts = [json.loads((tmp_path / f"resumed{i}.json").read_text())["first_step"] for i in range(2)]
+    assert starts == [stopped[0]["step"] + 1] * 2
+    for a, b, c in zip(w0, w1, [v.numpy() for v in uninterrupted.model.weights]):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)  # 2 workers x 8 = one device x 16
 
 
 def test_tiny_preset_pretrains_exports_to_the_registry_and_transfer_loads_it(tmp_path, monkeypatch):
