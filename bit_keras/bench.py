@@ -243,6 +243,14 @@ def build_plan(opts: Options, gpu: bool = False) -> list[CaseSpec]:
         for case in (SAVED_MODEL_CASE, FOLDED_CASE):
             for variant in (sm_variants[:1] if opts.quick or opts.tiny else sm_variants):
                 add(case, "inference", variant, "float32", archs[0], point)
+    if not opts.tiny and not opts.point_override:
+        # Serving one image at a time, where the weight standardization the folded export removes costs most.
+        serving = (points[0][0], 1)
+        add(BIT_CASE, "inference", sm_variants[0], "float32", archs[0], serving)
+        if baseline_available(archs[0]):
+            add(BASELINE_CASE, "inference", sm_variants[0], "float32", archs[0], serving)
+        for case in (SAVED_MODEL_CASE, FOLDED_CASE):
+            add(case, "inference", sm_variants[0], "float32", archs[0], serving)
     for size in sorted({p[0] for p in (points[:1] if opts.quick else points)}, reverse=True):
         batch = next(b for s, b in points if s == size)
         add(PIPELINE_CASE, "train", "tf.data", "float32", "-", (size, batch))
@@ -1056,7 +1064,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], tit
              "## All rows", "",
              "img/s: median over the repeats. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
              "keras.applications.ResNet50V2 with the same mode, size, batch, variant and precision. x timm: over "
-             "timm's float32 row (same mode, size, batch). CPU ms/img: process CPU time (all threads) per image, "
+             "timm's row with the same mode, size, batch and precision. CPU ms/img: process CPU time (all threads) per image, "
              "the measure least disturbed by other processes on a shared machine.", "", markdown_table(rows), ""]
     return "\n".join(parts)
 

@@ -186,7 +186,10 @@ def test_plans():
     assert all((s.mode, s.variant, s.precision, s.image_size, s.batch_size) in keys for s in bit if s.variant != "remat")
     assert not any(s.variant == "remat" for s in quick if s.case == "baseline_resnet50v2")  # it has no units
     full = bench.build_plan(bench.Options())
-    assert len({(s.image_size, s.batch_size) for s in full if s.case == "bit_keras"}) == 6
+    assert len({(s.image_size, s.batch_size) for s in full if s.case == "bit_keras"}) == 7  # 6 + serving
+    for plan in (quick, full):  # serving one image: Keras model, baseline, plain and folded SavedModel
+        assert {s.case for s in plan if (s.image_size, s.batch_size) == (224, 1)} == {
+            "bit_keras", "baseline_resnet50v2", "saved_model", "saved_model_folded"}
     assert {s.variant for s in full if s.case == "bit_keras"} == {"eager", "function", "xla", "remat"}
     assert {"diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm"} <= {s.case for s in full}
     gpu = bench.build_plan(bench.Options(quick=True), gpu=True)
