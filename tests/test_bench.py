@@ -259,3 +259,29 @@ def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_timm_ratios_compare_like_with_like():
+    """ratio_to_timm: same mode, size, batch and precision; never for the input pipeline."""
+    def row(case, mode, precision, ips, variant="function"):
+        return {"case": case, "mode": mode, "image_size": 224, "batch_size": 8, "variant": variant,
+                "precision": precision, "images_per_s": ips, "status": "ok", "arch": "R50x1"}
+
+    rows = bench.add_ratios([
+        row(bench.TIMM_CASE, "train", "float32", 5.0, "torch_eager"),
+        row(bench.TIMM_CASE, "train", "mixed_bfloat16", 10.0, "torch_eager"),
+        row("bit_keras", "train", "float32", 6.0), row("bit_keras", "train", "mixed_bfloat16", 8.0),
+        row("bit_keras", "inference", "float32", 20.0), row("input_pipeline", "train", "float32", 900.0, "tf.data"),
+    ])
+    assert [r["ratio_to_timm"] for r in rows] == ["", "", 1.2, 0.8, "", ""]
+    (train,) = [line for line in bench.summary_lines(rows, cores=2) if " train " in line]
+    # the best setting (bf16, 8 img/s) against timm's float32 (the target) and against timm's own bf16
+    assert "timm float32 5.00 (measured): 1.60x timm" in train
+    assert "vs timm also in mixed_bfloat16 (10.00 img/s): 0.80x" in train
+
+
+def test_serving_rows_are_not_held_to_the_batched_flop_target():
+    rows = [{"case": "bit_keras", "mode": "inference", "image_size": 224, "batch_size": 1, "variant": "function",
+             "precision": "float32", "images_per_s": 9.0, "status": "ok", "arch": "R50x1", "cpu_ms_per_image": 200}]
+    (line,) = bench.summary_lines(rows, cores=2)
+    assert "serving one image" in line and "NOT met" not in line
