@@ -285,3 +285,15 @@ def test_serving_rows_are_not_held_to_the_batched_flop_target():
              "precision": "float32", "images_per_s": 9.0, "status": "ok", "arch": "R50x1", "cpu_ms_per_image": 200}]
     (line,) = bench.summary_lines(rows, cores=2)
     assert "serving one image" in line and "NOT met" not in line
+
+
+@pytest.mark.gpu
+def test_gpu_mode_runs_on_the_gpu(tmp_path):
+    """--device gpu: rows run on the GPU (allocator peak memory), mixed_float16 included, folded export checked."""
+    rows = bench.run_benchmark(bench.Options(
+        output=str(tmp_path), tiny=True, device="gpu", precisions=("float32", "mixed_float16"), verbose=False,
+        cases=("bit_keras", "baseline_resnet50v2", "saved_model_folded"), work_dir=str(tmp_path / "work")))
+    assert rows and all(r["status"] == "ok" for r in rows), [(r["case"], r.get("note")) for r in rows]
+    assert {r["mem_kind"] for r in rows} == {"gpu_peak"}
+    assert {"float32", "mixed_float16"} <= {r["precision"] for r in rows if r["case"] == "bit_keras"}
+    assert all(float(r["max_abs_diff"]) <= bench.FOLD_TOLERANCE for r in rows if r["case"] == "saved_model_folded")
