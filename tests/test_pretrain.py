@@ -242,3 +242,22 @@ def test_memory_and_speed_knobs_keep_the_result():
     assert bf16.model.get_layer("block1.unit01.a.group_norm").compute_dtype == "bfloat16"
     assert np.all(np.isfinite(bf16.history["loss"]))
     assert abs(bf16.history["loss"][0] - plain.history["loss"][0]) < 0.05
+
+
+def test_cli_pretrain_exits_42_when_preempted(monkeypatch, tmp_path):
+    """`bit-keras pretrain` passes --remat/--preemption through and maps Preempted to TF's restart code 42."""
+    from bit_keras.cli import main
+
+    pretrain_module = sys.modules["bit_keras.pretrain"]  # the package attribute is the function
+
+    seen = {}
+
+    def preempted(*args, **kwargs):
+        seen.update(kwargs)
+        raise Preempted("stopped by a preemption notice after step 3; the checkpoint is saved, run again to resume")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", preempted)
+    code = main(["pretrain", "--model", "BiT-tiny", "--dataset", str(tmp_path), "--preset", "tiny",
+                 "--output", str(tmp_path / "run"), "--remat", "--preemption", "signal"])
+    assert code == 42
+    assert seen["remat"] is True and seen["preemption"] == "signal"

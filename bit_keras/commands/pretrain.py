@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+PREEMPTED_EXIT_CODE = 42  # TensorFlow's restart code for preempted workers (TerminationConfig's default)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "pretrain", help="pre-train a BiT upstream (BiT-S / BiT-M / BiT-L / tiny recipe) under tf.distribute",
@@ -23,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jit", action="store_true", help="XLA-compile the per-replica step")
     p.add_argument("--remat", action="store_true",
                    help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
+    p.add_argument("--preemption", choices=("auto", "tf", "signal"), default="auto",
+                   help="how preemption notices are heard: TF's PreemptionCheckpointHandler or a SIGTERM flag [auto]; "
+                        "on one, a checkpoint is saved and the command exits with code 42 (run it again to resume)")
     p.add_argument("--export-handle", default=None, help="publish the backbone in the registry under this handle")
     p.add_argument("--registry", default=None, help="registry root [$BIT_KERAS_REGISTRY or the cache]")
     p.add_argument("--seed", type=int, default=0)
@@ -30,13 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from bit_keras.pretrain import pretrain
+    from bit_keras.pretrain import Preempted, pretrain
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                    ("image_size", args.image_size)) if v is not None}
-    result = pretrain(args.model, args.dataset, preset=args.preset, output_dir=args.output,
-                      strategy=args.strategy, batch_split=args.batch_split, mixed_precision=args.mixed_precision,
-                      jit_compile=args.jit, remat=args.remat, export_handle=args.export_handle,
-                      registry=args.registry, seed=args.seed, **overrides)
+    try:
+        result = pretrain(args.model, args.dataset, preset=args.preset, output_dir=args.output,
+                          strategy=args.strategy, batch_split=args.batch_split, mixed_precision=args.mixed_precision,
+                          jit_compile=args.jit, remat=args.remat, preemption=args.preemption,
+                          export_handle=args.export_handle, registry=args.registry, seed=args.seed, **overrides)
+    except Preempted as e:
+        print(f"preempted: {e}")
+        return PREEMPTED_EXIT_CODE
     print(f"done: {result.steps} steps; weights {result.weights_path}; handle {result.handle}")
     return 0
