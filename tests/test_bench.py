@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bit_keras import bench
+from bit_keras import bench, bench_report
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_COLUMNS = {"case", "mode", "image_size", "batch_size", "images_per_s", "peak_mem_mb", "ratio_to_baseline"}
@@ -79,7 +79,7 @@ def test_markdown_report_has_machine_and_table(tiny_run):
     out, _ = tiny_run
     text = (out / "bench.md").read_text(encoding="utf-8")
     assert "## Machine" in text and "TensorFlow" in text and "Keras" in text and "CPU:" in text
-    assert bench.TABLE_HEADER in text
+    assert bench_report.TABLE_HEADER in text
     assert "| bit_keras | train |" in text
     assert (out / "machine.json").exists()
 
@@ -252,7 +252,8 @@ def test_run_script_from_repo_root(tmp_path):
     assert [r["case"] for r in _read_csv(out / "bench.csv")] == ["input_pipeline"]
 
 
-@pytest.mark.parametrize("name", ["bit_keras.bench", "bit_keras.commands.bench"])
+@pytest.mark.parametrize("name", ["bit_keras.bench", "bit_keras.bench_cases", "bit_keras.bench_report",
+                                  "bit_keras.bench_timing", "bit_keras.bench_timm", "bit_keras.commands.bench"])
 def test_docstring_examples(name):
     import importlib
 
@@ -267,14 +268,14 @@ def test_timm_ratios_compare_like_with_like():
         return {"case": case, "mode": mode, "image_size": 224, "batch_size": 8, "variant": variant,
                 "precision": precision, "images_per_s": ips, "status": "ok", "arch": "R50x1"}
 
-    rows = bench.add_ratios([
+    rows = bench_report.add_ratios([
         row(bench.TIMM_CASE, "train", "float32", 5.0, "torch_eager"),
         row(bench.TIMM_CASE, "train", "mixed_bfloat16", 10.0, "torch_eager"),
         row("bit_keras", "train", "float32", 6.0), row("bit_keras", "train", "mixed_bfloat16", 8.0),
         row("bit_keras", "inference", "float32", 20.0), row("input_pipeline", "train", "float32", 900.0, "tf.data"),
     ])
     assert [r["ratio_to_timm"] for r in rows] == ["", "", 1.2, 0.8, "", ""]
-    (train,) = [line for line in bench.summary_lines(rows, cores=2) if " train " in line]
+    (train,) = [line for line in bench_report.summary_lines(rows, cores=2) if " train " in line]
     # the best setting (bf16, 8 img/s) against timm's float32 (the target) and against timm's own bf16
     assert "timm float32 5.00 (measured): 1.60x timm" in train
     assert "vs timm also in mixed_bfloat16 (10.00 img/s): 0.80x" in train
@@ -283,7 +284,7 @@ def test_timm_ratios_compare_like_with_like():
 def test_serving_rows_are_not_held_to_the_batched_flop_target():
     rows = [{"case": "bit_keras", "mode": "inference", "image_size": 224, "batch_size": 1, "variant": "function",
              "precision": "float32", "images_per_s": 9.0, "status": "ok", "arch": "R50x1", "cpu_ms_per_image": 200}]
-    (line,) = bench.summary_lines(rows, cores=2)
+    (line,) = bench_report.summary_lines(rows, cores=2)
     assert "serving one image" in line and "NOT met" not in line
 
 
