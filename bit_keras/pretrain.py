@@ -52,7 +52,9 @@ def upstream_pipeline(ds: tf.data.Dataset, info: DatasetInfo, *, image_size: int
                       seed: int = 0, repeat: bool = True) -> tf.data.Dataset:
     """Upstream training batches: inception-style crop (area 5-100%, aspect 3/4-4/3) resized to
     ``image_size``, random flip, scaled to ``input_range``; one-hot labels. Deterministic for a seed
-    (stateless ops keyed by the element's position), so a resumed run sees the same batches.
+    (stateless ops keyed by the element's position), so a resumed run sees the same batches. The shuffle
+    order also depends on TensorFlow's global seed when one is set (``tf.random.set_seed``,
+    ``keras.utils.set_random_seed``): resume under the same setting.
 
     Example:
         >>> import numpy as np

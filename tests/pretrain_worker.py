@@ -81,6 +81,16 @@ def multi_worker_resume(out):
     np.savez(os.path.join(out, f"worker{index}.npz"), *[v.numpy() for v in result.model.weights])
 
 
+def one_device_reference(out):
+    """multi_worker_resume's run, uninterrupted, on one device with the same global batch, in a fresh process:
+    the data order depends on TF's global seed, which tests in the main process may have set."""
+    from bit_keras.pretrain import pretrain
+
+    images, labels = data()
+    result = pretrain("BiT-tiny", (images, labels), **{**SETTINGS, "epochs": 2, "checkpoint_every": None})
+    np.savez(os.path.join(out, "one_device.npz"), *[v.numpy() for v in result.model.weights])
+
+
 if __name__ == "__main__":
-    {"mirrored": mirrored, "multi_worker": multi_worker,
-     "multi_worker_resume": multi_worker_resume}[sys.argv[1]](sys.argv[2])
+    {"mirrored": mirrored, "multi_worker": multi_worker, "multi_worker_resume": multi_worker_resume,
+     "one_device_reference": one_device_reference}[sys.argv[1]](sys.argv[2])
