@@ -39,7 +39,8 @@ import keras
 import tensorflow as tf
 
 from bit_keras.atomic import json_default, save_model, write_json
-from bit_keras.data import DataError, DatasetInfo, eval_pipeline, load_dataset, train_pipeline
+from bit_keras.data import DataError, DatasetInfo, load_dataset
+from bit_keras.pipelines import eval_pipeline, train_pipeline
 from bit_keras.hyperrule import HyperParams, hyperparams_for
 from bit_keras.train_loop import (
     MIXED_PRECISION_POLICIES,

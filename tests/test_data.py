@@ -13,16 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from bit_keras.data import (
-    DataError,
-    DatasetInfo,
-    eval_pipeline,
-    image_size_of,
-    load_dataset,
-    mixup,
-    sample_few_shot,
-    train_pipeline,
-)
+from bit_keras.data import DataError, DatasetInfo, image_size_of, load_dataset, sample_few_shot
+from bit_keras.pipelines import eval_pipeline, mixup, train_pipeline
 
 
 def _labels(ds: tf.data.Dataset) -> list[int]:
