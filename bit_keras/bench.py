@@ -246,9 +246,6 @@ def case_gflops(spec: CaseSpec) -> float | None:
     return flops * (3 if spec.mode == "train" else 1)
 
 
-# --------------------------------------------------------------------------- memory
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -589,9 +586,6 @@ def run_pipeline_case(spec: CaseSpec) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- timm peer (PyTorch)
 
-
-# --------------------------------------------------------------------------- timm peer (PyTorch)
-
 PEER_SCRIPT = Path(__file__).with_name("bench_timm.py")
 _PEER_VERSIONS: dict[str, dict[str, str]] = {}
 
@@ -622,17 +616,9 @@ def run_peer(spec: CaseSpec, python: str | None = None, timeout: float = 1200.0)
     imports neither TensorFlow nor this package, so the peer may live in a PyTorch-only environment."""
     row: dict[str, Any] = {**_spec_fields(spec), "status": "ok", "note": "", "load1": load1()}
     cmd = [python or sys.executable, str(PEER_SCRIPT), json.dumps(asdict(spec))]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "status": "error", "note": f"timed out after {timeout:.0f} s"}
-    result = next((json.loads(line[len(RESULT_PREFIX):]) for line in reversed(proc.stdout.splitlines())
-                   if line.startswith(RESULT_PREFIX)), None)
-    if result is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {**row, "status": "error", "note": f"peer exited {proc.returncode}: {tail[0][:300]}"}
-    if "error" in result:
-        return {**row, "status": "error", "note": result["error"]}
+    result, why = _result_of(cmd, timeout, "peer")
+    if result is None or "error" in result:
+        return {**row, "status": "error", "note": why if result is None else result["error"]}
     row.update(result)
     row["gflop_per_s"] = row["images_per_s"] * case_gflops(spec)
     return row
@@ -698,18 +684,25 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+def _result_of(cmd: list[str], timeout: float, who: str, env: dict[str, str] | None = None
+               ) -> tuple[dict[str, Any] | None, str]:
+    """Run ``cmd``: (the JSON of its last ``RESULT_PREFIX`` line, "") or (None, why there is none)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):]), ""
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    return None, f"{who} exited {proc.returncode}: {tail[0][:300]}"
+
+
 def run_isolated(spec: CaseSpec, timeout: float = 1200.0) -> dict[str, Any]:
     """Run one row in a fresh Python process (honest peak memory) and return its fields."""
     cmd = [sys.executable, "-m", "bit_keras.bench", "--worker", json.dumps(asdict(spec))]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**_spec_fields(spec), "status": "error", "note": f"timed out after {timeout:.0f} s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {**_spec_fields(spec), "status": "error", "note": f"worker exited {proc.returncode}: {tail[0][:300]}"}
+    row, why = _result_of(cmd, timeout, "worker", env=_worker_env())
+    return row if row is not None else {**_spec_fields(spec), "status": "error", "note": why}
 
 
 def _worker_main(spec_json: str) -> int:

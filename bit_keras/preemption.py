@@ -16,13 +16,14 @@ The previous SIGTERM handler is put back when the guard closes (TensorFlow's han
 own), so a finished run leaves the process as it found it.
 
 Example:
-    >>> import tensorflow as tf
-    >>> ckpt = tf.train.Checkpoint(step=tf.Variable(0, dtype=tf.int64))
-    >>> import tempfile; manager = tf.train.CheckpointManager(ckpt, tempfile.mkdtemp(), max_to_keep=1)
-    >>> with preemption_guard(tf.distribute.get_strategy(), manager, ckpt.step, mode="signal") as guard:
+    >>> import tempfile, keras
+    >>> from bit_keras.train_loop import Checkpointer
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> checkpointer = Checkpointer(model, keras.optimizers.SGD(), tempfile.mkdtemp())
+    >>> with preemption_guard(tf.distribute.get_strategy(), checkpointer, mode="signal") as guard:
     ...     guard.check(1)  # no notice: nothing happens
-    >>> guard.mode
-    'signal'
+    >>> guard.mode, checkpointer.latest
+    ('signal', None)
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from bit_keras.train_loop import Checkpointer
 
 MODES = ("auto", "tf", "signal")
 
@@ -44,16 +48,15 @@ class Preempted(RuntimeError):
 class PreemptionGuard:
     """``check(done)`` after each step: when a preemption notice has arrived, save and raise :class:`Preempted`."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, manager: tf.train.CheckpointManager, step: tf.Variable,
-                 mode: str) -> None:
-        self.manager, self.step, self.mode = manager, step, mode
+    def __init__(self, strategy: tf.distribute.Strategy, checkpointer: Checkpointer, mode: str) -> None:
+        self.checkpointer, self.mode = checkpointer, mode
         self.stop_requested = False
         self._done = 0
         self._handler: Any = None
         if mode == "tf":
             config = tf.distribute.experimental.TerminationConfig(exit_fn=self._exit)
             self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-                getattr(strategy, "cluster_resolver", None), manager, termination_config=config)
+                getattr(strategy, "cluster_resolver", None), checkpointer.manager, termination_config=config)
             # The handler counts its calls from a value it restores from the checkpoint; a non-chief worker
             # (whose manager is a scratch folder) restores nothing. Counting from 0 on every worker keeps the
             # counts equal, which is what the cluster-wide "save at call N" agreement needs.
@@ -68,12 +71,15 @@ class PreemptionGuard:
         """Call after step ``done`` (1-based count of completed steps) on every worker."""
         self._done = done
         if self._handler is not None:
-            self.step.assign(done)  # the handler saves our checkpoint, step counter included
+            self.checkpointer.step.assign(done)  # the handler saves our checkpoint, step counter included
             self._handler.save_checkpoint_if_preempted(checkpoint_number=done)
         elif self.stop_requested:
-            self.step.assign(done)
-            self.manager.save(checkpoint_number=done)
+            self.checkpointer.save(done)
             self._exit()
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # where signal handlers can be set
 
 
 def _handler_supported() -> bool:
@@ -92,8 +98,7 @@ def resolve_mode(mode: str = "auto") -> str:
     """
     if mode not in MODES:
         raise ValueError(f"preemption mode {mode!r} is not one of {MODES}")
-    main = threading.current_thread() is threading.main_thread()
-    available = main and hasattr(tf.distribute.experimental, "PreemptionCheckpointHandler")
+    available = _on_main_thread() and hasattr(tf.distribute.experimental, "PreemptionCheckpointHandler")
     if mode == "tf" and not available:
         raise ValueError("preemption='tf' needs tf.distribute.experimental.PreemptionCheckpointHandler and the "
                          "main thread; use preemption='signal' (or 'auto')")
@@ -103,17 +108,17 @@ def resolve_mode(mode: str = "auto") -> str:
 
 
 @contextlib.contextmanager
-def preemption_guard(strategy: tf.distribute.Strategy, manager: tf.train.CheckpointManager, step: tf.Variable,
+def preemption_guard(strategy: tf.distribute.Strategy, checkpointer: Checkpointer,
                      mode: str = "auto") -> Iterator[PreemptionGuard]:
     """A :class:`PreemptionGuard` for the duration of a training loop (see the module docstring).
 
-    ``manager`` is the run's checkpoint manager (every worker passes its own: the chief's is the real one),
-    ``step`` the checkpointed step counter the guard sets before saving.
+    ``checkpointer`` is the run's :class:`~bit_keras.train_loop.Checkpointer` (every worker passes its own:
+    the chief's is the real one); its step counter is set before each save.
     """
     mode = resolve_mode(mode)
-    main = threading.current_thread() is threading.main_thread()
+    main = _on_main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
-    guard = PreemptionGuard(strategy, manager, step, mode)
+    guard = PreemptionGuard(strategy, checkpointer, mode)
     if mode == "signal" and main:
         signal.signal(signal.SIGTERM, lambda *_: setattr(guard, "stop_requested", True))
     try:

@@ -251,7 +251,7 @@ def pretrain(
     writer = tf.summary.create_file_writer(os.fspath(out / "tensorboard")) if out is not None and chief else None
     history = new_history()
 
-    guard_scope = (preemption_guard(strategy, checkpointer.manager, checkpointer.step, preemption)
+    guard_scope = (preemption_guard(strategy, checkpointer, preemption)
                    if checkpointer is not None else contextlib.nullcontext(None))
     with guard_scope as guard:
         def hook(done: int, logs: dict[str, float]) -> None:
