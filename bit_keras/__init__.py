@@ -11,18 +11,28 @@ Example:
     >>> model = bit_keras.create_model("BiT-M-R50x1", num_classes=10)   # weights="pretrained" downloads
 """
 
+from bit_keras.errors import (
+    BitKerasError,
+    ConfigError,
+    DataError,
+    DownloadError,
+    ExportError,
+    Preempted,
+    TrainingDivergedError,
+    UnknownModelError,
+    WeightFileError,
+    WeightsUnavailableError,
+)
 from bit_keras.hub import is_handle, load_layer
 from bit_keras.labels import get_labels
 from bit_keras.layers import GroupNorm, StandardizedConv2D
 from bit_keras.models import create_model
 from bit_keras.resnet import ARCHS, ArchSpec, feature_extractor, register_arch, resnet_v2
 from bit_keras.pretrain import PretrainResult, pretrain
-from bit_keras.transfer import TrainingDivergedError, TransferResult, evaluate, evaluate_run, transfer
-from bit_keras.weights import WeightFileError, infer_arch, load_npz, save_npz
+from bit_keras.transfer import TransferResult, evaluate, evaluate_run, transfer
+from bit_keras.weights import infer_arch, load_npz, save_npz
 from bit_keras.zoo import (
     ModelInfo,
-    UnknownModelError,
-    WeightsUnavailableError,
     get_model_info,
     list_models,
     register_model,
@@ -33,8 +43,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ARCHS",
     "ArchSpec",
+    "BitKerasError",
+    "ConfigError",
+    "DataError",
+    "DownloadError",
+    "ExportError",
     "GroupNorm",
     "ModelInfo",
+    "Preempted",
     "PretrainResult",
     "StandardizedConv2D",
     "TrainingDivergedError",

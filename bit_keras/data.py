@@ -27,14 +27,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from bit_keras.errors import DataError
+
 AUTOTUNE = tf.data.AUTOTUNE
 SIZE_SAMPLE = 1000
 # Formats tf.io.decode_image reads exactly like PIL; anything else PIL can open is decoded with PIL.
 _TF_FORMATS = {"JPEG", "MPO", "PNG", "GIF"}
-
-
-class DataError(ValueError):
-    """Bad or unusable input data; the message names the culprit and the fix."""
 
 
 @dataclass

@@ -24,19 +24,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from bit_keras.errors import DownloadError
+
 __all__ = ["DownloadError", "cache_dir", "download", "sha256sum", "url_to_cache_path"]
 
 _RETRY_DELAY = 0.5  # seconds before the first retry without progress; doubles each time
 _HASH_CHUNK = 1 << 20
-
-
-class DownloadError(OSError):
-    """A download failed; the message names the URL, destination, cause and fix.
-
-    Example:
-        >>> isinstance(DownloadError("could not download x"), OSError)
-        True
-    """
 
 
 def cache_dir() -> Path:

@@ -35,14 +35,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import tensorflow as tf
 
+from bit_keras.errors import Preempted
+
 if TYPE_CHECKING:
     from bit_keras.train_loop import Checkpointer
 
 MODES = ("auto", "tf", "signal")
-
-
-class Preempted(RuntimeError):
-    """The run was told to stop (SIGTERM, a maintenance event); a checkpoint of the last step was saved."""
 
 
 class PreemptionGuard:

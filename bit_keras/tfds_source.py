@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from bit_keras.errors import DataError
 
-class TfdsError(ValueError):
-    """Raised by this module; :mod:`bit_keras.data` re-raises it as its ``DataError``."""
+
+class TfdsError(DataError):
+    """A tensorflow-datasets source that cannot be used (unknown, not prepared and offline, not image classification)."""
 
 
 @dataclass

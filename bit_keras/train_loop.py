@@ -33,32 +33,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bit_keras.errors import TrainingDivergedError
 from bit_keras.remat import remat_forward
 
 MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss became NaN or infinite (or the weights did); the last good checkpoint is kept.
-
-    Attributes:
-        step: the step whose loss (or resulting weights) was not finite.
-        lr: the learning rate at that step.
-        loss: the offending loss value.
-        checkpoint: path of the last good checkpoint, or None when none was saved.
-    """
-
-    def __init__(self, step: int, lr: float, loss: float, checkpoint: str | None, what: str = "loss") -> None:
-        self.step, self.lr, self.loss, self.checkpoint = step, lr, loss, checkpoint
-        kept = (
-            f"the last good checkpoint {checkpoint} is kept (a new run on the same output_dir resumes from it)"
-            if checkpoint
-            else "no checkpoint was saved before it"
-        )
-        super().__init__(
-            f"training diverged at step {step}: the {what} is {loss} with learning rate {lr:.6g}; {kept}. "
-            "Fix: lower base_lr (e.g. base_lr=0.001), enlarge batch_size, or use mixed_precision=None"
-        )
 
 
 def make_optimizer(

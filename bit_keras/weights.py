@@ -34,16 +34,13 @@ from typing import Mapping
 import keras
 import numpy as np
 
+from bit_keras.errors import WeightFileError
 from bit_keras.layers import GroupNorm, StandardizedConv2D
 from bit_keras.resnet import HEAD_NAME, ArchSpec
 
 PREFIX = "resnet/"
 HEAD_KERNEL = PREFIX + "head/conv2d/kernel"
 HEAD_BIAS = PREFIX + "head/conv2d/bias"
-
-
-class WeightFileError(ValueError):
-    """A weight file that cannot be loaded into the model: corrupt, or with missing, extra or misshapen keys."""
 
 
 def _layer_key(layer: keras.layers.Layer) -> str:

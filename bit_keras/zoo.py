@@ -25,6 +25,7 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
+from bit_keras.errors import UnknownModelError, WeightsUnavailableError
 from bit_keras.resnet import ARCHS, ArchSpec, register_arch
 
 DEFAULT_WEIGHTS_URL = "https://storage.googleapis.com/bit_models/"
@@ -35,14 +36,6 @@ IMAGENET21K = "ImageNet-21k"
 JFT300M = "JFT-300M"
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-class UnknownModelError(ValueError):
-    """A model name that is not in the zoo; the message lists the closest names."""
-
-
-class WeightsUnavailableError(ValueError):
-    """A zoo entry whose weights were never published (BiT-L)."""
 
 
 def weights_base_url() -> str:

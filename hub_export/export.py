@@ -38,6 +38,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bit_keras.errors import ExportError
+
 __all__ = ["ExportError", "LABELS_FILE", "METADATA_FILE", "export", "fold_weight_standardization", "model_input_range"]
 
 METADATA_FILE = "metadata.json"
@@ -51,10 +53,6 @@ FOLDED_TRAINING_ERROR = (
     "kernels in plain convolutions) and cannot be called with training=True or fine-tuned; export the "
     "model again with fold_standardization=False to fine-tune it"
 )
-
-
-class ExportError(ValueError):
-    """The model or the arguments cannot be exported as asked; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------- model inspection

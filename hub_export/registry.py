@@ -32,6 +32,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from bit_keras.errors import BitKerasError
+
 __all__ = [
     "HandleNotFoundError",
     "InvalidHandleError",
@@ -51,7 +53,7 @@ _VERSION = re.compile(r"0|[1-9][0-9]{0,8}")
 _CHUNK = 1 << 20
 
 
-class RegistryError(Exception):
+class RegistryError(BitKerasError):
     """A registry operation failed; the message names the handle or path and the fix."""
 
 

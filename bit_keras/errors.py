@@ -1,0 +1,94 @@
+"""Every error bit-keras raises on purpose, under one root: :class:`BitKerasError`.
+
+Each message names the thing that is wrong (a file, a key, a model name, an option) and the fix. The classes
+also derive from the built-in exception a caller would expect (``ValueError`` for bad input, ``OSError`` for
+downloads, ``RuntimeError`` for a stopped run), so ``except ValueError`` keeps working. The command line turns
+any of them into one line on stderr and a non-zero exit code (``--debug`` shows the traceback).
+
+This module imports nothing from bit_keras and nothing heavy: every layer of the package may use it.
+
+Example:
+    >>> from bit_keras.errors import BitKerasError, DataError
+    >>> issubclass(DataError, BitKerasError), issubclass(DataError, ValueError)
+    (True, True)
+    >>> try:
+    ...     raise DataError("class folder data/cat is empty: add images or remove the folder")
+    ... except BitKerasError as err:
+    ...     print(err)
+    class folder data/cat is empty: add images or remove the folder
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BitKerasError",
+    "ConfigError",
+    "DataError",
+    "DownloadError",
+    "ExportError",
+    "Preempted",
+    "TrainingDivergedError",
+    "UnknownModelError",
+    "WeightFileError",
+    "WeightsUnavailableError",
+]
+
+
+class BitKerasError(Exception):
+    """The root of every error bit-keras raises on purpose; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(BitKerasError, ValueError):
+    """Options that do not fit together or a value out of range (named, with the valid choices)."""
+
+
+class UnknownModelError(BitKerasError, ValueError):
+    """A model name that is not in the zoo; the message lists the closest names."""
+
+
+class WeightsUnavailableError(BitKerasError, ValueError):
+    """A zoo entry whose weights were never published (BiT-L)."""
+
+
+class WeightFileError(BitKerasError, ValueError):
+    """A weight file that cannot be loaded into the model: corrupt, not an ``.npz``, or with missing, extra,
+    misshapen, non-float or non-finite arrays (each named with its key)."""
+
+
+class DownloadError(BitKerasError, OSError):
+    """A download failed; the message names the URL, the destination, the cause and the fix."""
+
+
+class DataError(BitKerasError, ValueError):
+    """Bad or unusable input data; the message names the culprit (a file, a class, an example) and the fix."""
+
+
+class ExportError(BitKerasError, ValueError):
+    """A model or arguments that cannot be exported as asked; the message says why and what to do."""
+
+
+class TrainingDivergedError(BitKerasError, RuntimeError):
+    """The training loss (or the weights) became NaN or infinite; the last good checkpoint is kept.
+
+    Attributes:
+        step: the step whose loss (or resulting weights) was not finite.
+        lr: the learning rate at that step.
+        loss: the offending loss value.
+        checkpoint: path of the last good checkpoint, or None when none was saved.
+    """
+
+    def __init__(self, step: int, lr: float, loss: float, checkpoint: str | None, what: str = "loss") -> None:
+        self.step, self.lr, self.loss, self.checkpoint = step, lr, loss, checkpoint
+        kept = (
+            f"the last good checkpoint {checkpoint} is kept (a new run on the same output_dir resumes from it)"
+            if checkpoint
+            else "no checkpoint was saved before it"
+        )
+        super().__init__(
+            f"training diverged at step {step}: the {what} is {loss} with learning rate {lr:.6g}; {kept}. "
+            "Fix: lower base_lr (e.g. base_lr=0.001), enlarge batch_size, or use mixed_precision=None"
+        )
+
+
+class Preempted(BitKerasError, RuntimeError):
+    """The run was told to stop (SIGTERM, a maintenance event); a checkpoint of the last step was saved."""
