@@ -18,10 +18,12 @@ Example:
 from __future__ import annotations
 
 import os
+import re
+import stat
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tensorflow as tf
@@ -31,8 +33,7 @@ from bit_keras.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 SIZE_SAMPLE = 1000
-# Formats tf.io.decode_image reads exactly like PIL; anything else PIL can open is decoded with PIL.
-_TF_FORMATS = {"JPEG", "MPO", "PNG", "GIF"}
+SKIPPED_RECORD_LIMIT = 1000  # skipped items written to hyperparams.json / upstream.json
 
 
 @dataclass
@@ -43,8 +44,18 @@ class DatasetInfo:
     num_classes: int
     image_size: tuple[int, int]
     class_names: list[str] | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, why), printable (see _printable)
     source: str = ""
+
+    def skipped_record(self, limit: int = SKIPPED_RECORD_LIMIT) -> dict[str, Any]:
+        """What was skipped, for a JSON record: the count and the first ``limit`` items with their reasons.
+
+        Example:
+            >>> DatasetInfo(9, 2, (8, 8), skipped=[("data/cat/x.jpg", "truncated")]).skipped_record()
+            {'skipped': 1, 'skipped_items': [{'item': 'data/cat/x.jpg', 'reason': 'truncated'}]}
+        """
+        items = [{"item": _printable(item), "reason": _printable(why)} for item, why in self.skipped[:limit]]
+        return {"skipped": len(self.skipped), "skipped_items": items}
 
 
 def sample_few_shot(
@@ -190,47 +201,12 @@ def _report(skipped: list[tuple[str, str]], total: int) -> None:
     if skipped:
         classes = sum(why.endswith("class dropped") for _, why in skipped)
         extra = f" and {classes} class folder(s)" if classes else ""
-        shown = ", ".join(f"{item} ({why})" for item, why in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        more = f", ... ({len(skipped)} in all, listed in info.skipped)" if len(skipped) > 3 else ""
+        shown = ", ".join(f"{item} ({why})" for item, why in skipped[:3]) + more
         print(f"skipped {len(skipped) - classes} of {total} images{extra}: {shown}")
 
 
 # ----------------------------------------------------------------------------------------------- sources
-
-
-def _scan_file(path: str) -> tuple[str, str | None, tuple[int, int], bool]:
-    """(path, problem or None, (h, w), decode with PIL?) from PIL's header parse and verify()."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            use_pil = im.format not in _TF_FORMATS or im.mode == "CMYK"
-            im.verify()
-        return path, None, (h, w), use_pil
-    except Image.UnidentifiedImageError:
-        return path, "not an image file", (0, 0), False
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt files
-        return path, f"corrupt image: {type(err).__name__}: {err}", (0, 0), False
-
-
-_JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # operating-system litter, ignored like hidden files
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name not in _JUNK
-
-
-def _pil_rgb(path: bytes) -> np.ndarray:
-    with Image.open(path.decode()) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def _decode_file(path: tf.Tensor, use_pil: tf.Tensor) -> tf.Tensor:
-    image = tf.cond(
-        use_pil,
-        lambda: tf.numpy_function(_pil_rgb, [path], tf.uint8, stateful=False),
-        lambda: tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False),
-    )
-    image.set_shape([None, None, 3])
-    return image
 
 
 @dataclass
@@ -248,66 +224,326 @@ class _Source:
     num_classes: int | None = None  # what the source itself says
 
 
-def _folder_source(root: str, strict: bool, skipped: list[tuple[str, str]]) -> _Source:
+# Image files. Every file is opened and fully decoded by PIL when the source is built (_scan_file), so a
+# bad file is named before training; the scan also picks the decoder the pipeline uses for the file: one
+# of TensorFlow's where it reads the file exactly like PIL (faster, no Python), else PIL itself.
+_JPEG, _TF8, _PNG16, _PIL = 0, 1, 2, 3  # decode_jpeg (accurate IDCT), decode_image 8-bit, decode_png 16-bit, PIL
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}  # PIL modes with more than 8 bits per value
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
+_JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # operating-system litter, ignored like hidden files
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What the up-front check found about one file: why it is bad, or its size and decode route."""
+
+    path: str
+    problem: str | None = None
+    size: tuple[int, int] = (0, 0)  # (h, w)
+    route: int = _PIL
+
+
+def _printable(text: str) -> str:
+    """``text`` (a path or a name) safe to print and to put in JSON: bytes that are not UTF-8 (surrogate-escaped
+    by ``os.listdir``) and control characters become backslash escapes; anything else is kept.
+
+    Example:
+        >>> _printable("cat/café 1.jpg"), _printable(os.fsdecode(b"cat/\\xff\\n.jpg"))
+        ('cat/café 1.jpg', 'cat/\\\\xff\\\\n.jpg')
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that did not come from undecodable bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name not in _JUNK
+
+
+def _kind(entry: os.DirEntry[str]) -> str | None:
+    """What ``entry`` is, following symlinks, without opening it: "dir", "file" (regular) or None (anything else)."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return None
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
+
+
+def _list_images(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Visible regular files under ``folder`` in sorted walk order, and the sub-folders that cannot be listed.
+
+    Nothing is opened. Symlinks are followed (a folder reached twice, e.g. through a symlink loop, is
+    walked once); FIFOs, sockets, devices and broken symlinks are not image files and are ignored.
+    """
+    files: list[str] = []
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [folder]
+    while stack:
+        here = stack.pop()
+        try:
+            st = os.stat(here)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(here) as it:
+                entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+        except OSError as err:
+            problems.append((here, f"cannot list this folder: {err.strerror or err}"))
+            continue
+        kinds = [(e.path, _kind(e)) for e in entries]
+        files += [path for path, kind in kinds if kind == "file"]
+        stack += reversed([path for path, kind in kinds if kind == "dir"])
+    return files, problems
+
+
+def _open_regular(path: str) -> BinaryIO:
+    """Open ``path`` for reading without blocking (O_NONBLOCK), refusing anything but a regular file."""
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError("not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _reason(err: BaseException) -> str:
+    """Why PIL (or the file system) could not give an image, in words."""
+    text = str(err)
+    if isinstance(err, Image.DecompressionBombError):
+        found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", text)
+        pixels, limit = found.groups() if found else ("?", "?")
+        return (
+            f"decompression bomb: {pixels} pixels, over PIL's limit of {limit} (2 x PIL.Image.MAX_IMAGE_PIXELS); "
+            "raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
+        )
+    if isinstance(err, Image.UnidentifiedImageError):
+        return "not an image file"
+    if isinstance(err, DataError):
+        return text
+    if isinstance(err, OSError) and err.errno is not None:
+        return f"cannot read it: {(err.strerror or text).lower()}"
+    if isinstance(err, EOFError) or "truncated" in text.lower():
+        return f"truncated ({text or type(err).__name__})"
+    return f"corrupt image ({type(err).__name__}: {text})"
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Values of any bit depth -> uint8, scaled, never clipped.
+
+    16-bit values (PIL modes ``I;16*``): ``round(v / 257)``, 0 -> 0 and 65535 -> 255. 32-bit integer and
+    float values (modes ``I``, ``F``) are scaled by the range they span: float in [0, 1] -> ``v * 255``;
+    [0, 255] -> as is; [0, 65535] -> ``v / 257``; any other range (negative values, larger) is stretched
+    min-max onto [0, 255]. NaN counts as the smallest value, +-inf as the largest/smallest finite one.
+
+    Example:
+        >>> _scale_to_uint8(np.array([0, 257, 32896, 65535], np.uint16)).tolist()
+        [0, 1, 128, 255]
+        >>> _scale_to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist(), _scale_to_uint8(np.array([-2, 2])).tolist()
+        ([0, 128, 255], [0, 255])
+    """
+    v = values.astype(np.float64)
+    if values.dtype.kind == "u" and values.dtype.itemsize == 2:
+        return np.round(v / 257.0).astype(np.uint8)
+    finite = v[np.isfinite(v)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    v = np.nan_to_num(v, nan=lo, posinf=hi, neginf=lo)
+    if lo >= 0 and hi <= 1 and values.dtype.kind == "f":
+        v = v * 255.0
+    elif lo >= 0 and hi <= 255:
+        pass
+    elif lo >= 0 and hi <= 65535:
+        v = v / 257.0
+    else:
+        v = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
+    return np.round(v).astype(np.uint8)
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 RGB [H, W, 3]: wide modes scaled (:func:`_scale_to_uint8`), alpha dropped."""
+    if im.mode in _WIDE_MODES:
+        return np.repeat(_scale_to_uint8(np.asarray(im))[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _plain_gif(im: Image.Image) -> bool:
+    """One frame, no transparency, the frame fills the canvas: then TensorFlow decodes it exactly like PIL."""
+    full = bool(im.tile) and tuple(im.tile[0][1]) == (0, 0, *im.size)
+    return full and "transparency" not in im.info and not im.is_animated
+
+
+def _route(im: Image.Image, header: bytes) -> int:
+    """The pipeline's decoder for an opened (not yet loaded) image; ``header``: the file's first 26 bytes."""
+    if im.format in ("JPEG", "MPO"):
+        return _JPEG if im.mode in ("RGB", "L") else _PIL  # CMYK/YCCK: PIL
+    if im.format == "PNG" and header.startswith(_PNG_SIGNATURE) and len(header) > 24 and not im.is_animated:
+        return {8: _TF8, 16: _PNG16}.get(header[24], _PIL)  # IHDR bit depth; 1, 2, 4 bits: PIL
+    if im.format == "GIF" and _plain_gif(im):
+        return _TF8
+    return _PIL
+
+
+def _scan_file(path: str) -> _Scan:
+    """Open and fully decode one file with PIL (``load()``, and the RGB conversion where PIL will decode it)."""
+    try:
+        with _open_regular(path) as f:
+            header = f.read(26)
+            if not header:
+                return _Scan(path, "empty file (0 bytes)")
+            f.seek(0)
+            with Image.open(f) as im:
+                route = _route(im, header)
+                im.load()
+                if route == _PIL:
+                    _rgb_array(im)
+                w, h = im.size
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+        return _Scan(path, _reason(err))
+    return _Scan(path, None, (h, w), route) if w * h else _Scan(path, f"no pixels ({w}x{h})")
+
+
+def _scan_files(paths: Sequence[str]) -> list[_Scan]:
+    """:func:`_scan_file` on every path, on a thread pool (PIL releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
+        return list(pool.map(_scan_file, paths))
+
+
+def _pil_decode(path: bytes) -> tuple[np.ndarray, bytes]:
+    """The PIL decoder of the pipeline: (uint8 RGB image, b"") or (empty image, why it failed)."""
+    try:
+        with _open_regular(os.fsdecode(path)) as f, Image.open(f) as im:
+            return _rgb_array(im), b""
+    except Exception as err:  # noqa: BLE001 - reported, with the file's name, by _decode_files
+        return np.zeros([0, 0, 3], np.uint8), _reason(err).encode()
+
+
+def _decode(path: tf.Tensor, route: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(uint8 [H, W, 3] image, why it failed or "") through the route chosen by the scan."""
+
+    def read() -> tf.Tensor:
+        return tf.io.read_file(path)
+
+    def png16() -> tf.Tensor:
+        wide = tf.cast(tf.io.decode_png(read(), channels=3, dtype=tf.uint16), tf.float32)
+        return tf.cast(tf.round(wide / 257.0), tf.uint8)  # as _scale_to_uint8
+
+    ok = tf.constant("")
+    image, why = tf.switch_case(
+        route,
+        [
+            lambda: (tf.io.decode_jpeg(read(), channels=3, dct_method="INTEGER_ACCURATE"), ok),  # PIL's IDCT
+            lambda: (tf.io.decode_image(read(), channels=3, expand_animations=False), ok),
+            lambda: (png16(), ok),
+            lambda: tuple(tf.numpy_function(_pil_decode, [path], [tf.uint8, tf.string], stateful=False)),
+        ],
+    )
+    image.set_shape([None, None, 3])
+    return image, why
+
+
+def _decode_files(paths: np.ndarray, names: list[str], routes: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
+    """(image, label) of each file in order; a file that fails to decode now stops iteration naming it.
+
+    A decode error cannot be caught inside a tf.data graph, so the decoded stream goes through
+    ``ignore_errors`` and then every element is checked to be the next one expected (a final end marker
+    included): a missing element is a file that failed to decode, and the InvalidArgumentError raised
+    names it. Nothing is dropped silently.
+    """
+    n = len(paths)
+    shown = tf.constant(names + ["(end)"])
+    ds = tf.data.Dataset.from_tensor_slices((paths, routes, labels, np.arange(n, dtype=np.int64)))
+    ds = ds.map(lambda p, r, y, i: (*_decode(p, r), y, i), num_parallel_calls=AUTOTUNE, deterministic=True)
+    end = tf.data.Dataset.from_tensors((tf.zeros([0, 0, 3], tf.uint8), "", tf.constant(-1, tf.int64), np.int64(n)))
+
+    def check(k: tf.Tensor, el: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+        image, why, label, i = el
+        lost = tf.not_equal(i, k)
+        why = tf.where(lost, "could not be decoded now (it decoded when the data was loaded: changed since?)", why)
+        message = tf.strings.join(["image file ", tf.gather(shown, k), ": ", why, ". Fix: remove or replace it"])
+        done = tf.debugging.Assert(tf.logical_and(tf.logical_not(lost), tf.equal(why, "")), [message])
+        with tf.control_dependencies([done]):
+            return tf.identity(image), label
+
+    ds = ds.ignore_errors().concatenate(end).enumerate().map(check, num_parallel_calls=AUTOTUNE)
+    return ds.filter(lambda x, y: y >= 0).apply(tf.data.experimental.assert_cardinality(n))
+
+
+def _class_dirs(root: str) -> list[str]:
+    """The sorted visible sub-folders of ``root`` (the classes); DataError if ``root`` is no folder or has none."""
     if not os.path.isdir(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
-        raise DataError(f"{root} {what}: pass a folder with one sub-folder of images per class")
-    entries = sorted(e for e in os.listdir(root) if _visible(e))
-    class_dirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
+        raise DataError(f"{_printable(root)} {what}: pass a folder with one sub-folder of images per class")
+    try:
+        with os.scandir(root) as it:
+            entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
+    except OSError as err:
+        raise DataError(f"cannot list folder {_printable(root)}: {err.strerror or err}") from err
+    class_dirs = [e.name for e in entries if _kind(e) == "dir"]
     if not class_dirs:
         raise DataError(
-            f"folder {root} has no class sub-folders ({len(entries)} files directly in it): put the images of "
-            f"each class in their own sub-folder, e.g. {os.path.join(root, 'cat', '1.jpg')}"
+            f"folder {_printable(root)} has no class sub-folders ({len(entries)} files directly in it): put the "
+            f"images of each class in their own sub-folder, e.g. {_printable(os.path.join(root, 'cat', '1.jpg'))}"
         )
-    files: dict[str, list[str]] = {}
-    for c in class_dirs:
-        files[c] = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, c)):
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            files[c] += [os.path.join(dirpath, f) for f in sorted(filenames) if _visible(f)]
-    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-        scans = {c: list(pool.map(_scan_file, paths)) for c, paths in files.items()}
-    bad = [(p, why) for c in class_dirs for p, why, _, _ in scans[c] if why]
-    empty = [c for c in class_dirs if not files[c]]
+    return class_dirs
+
+
+def _raise_bad_files(root: str, bad: list[tuple[str, str]], limit: int = 10) -> None:
+    listed = "; ".join(f"{_printable(p)} ({why})" for p, why in bad[:limit])
+    more = f"; ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    raise DataError(
+        f"{len(bad)} bad image file(s) in {_printable(root)}: {listed}{more}. Fix: remove or replace them, "
+        "or pass strict=False to skip them (they are then listed in info.skipped)"
+    )
+
+
+def _folder_source(root: str, strict: bool, skipped: list[tuple[str, str]]) -> _Source:
+    class_dirs = _class_dirs(root)
+    listed = {c: _list_images(os.path.join(root, c)) for c in class_dirs}
+    scanned = iter(_scan_files([p for c in class_dirs for p in listed[c][0]]))
+    scans = {c: [next(scanned) for _ in listed[c][0]] for c in class_dirs}
+    bad = [(p, why) for c in class_dirs for p, why in [*listed[c][1], *((s.path, s.problem) for s in scans[c])] if why]
+    empty = [c for c in class_dirs if not listed[c][0] and not listed[c][1]]
     if strict and empty:
-        raise DataError(f"class folder {os.path.join(root, empty[0])} is empty: add images or remove the folder")
+        where = _printable(os.path.join(root, empty[0]))
+        raise DataError(f"class folder {where} is empty: add images or remove the folder")
     if strict and bad:
-        listed = "; ".join(f"{p} ({why})" for p, why in bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        raise DataError(
-            f"{len(bad)} bad image file(s) in {root}: {listed}. Fix: remove or replace them, "
-            "or pass strict=False to skip them"
-        )
-    skipped += bad
+        _raise_bad_files(root, bad)
+    skipped += [(_printable(p), why) for p, why in bad]
     names: list[str] = []
-    good: list[tuple[str, str | None, tuple[int, int], bool]] = []
+    good: list[_Scan] = []
     labels: list[int] = []
     for c in class_dirs:
-        ok = [s for s in scans[c] if s[1] is None]
+        ok = [s for s in scans[c] if s.problem is None]
         if not ok:
-            why = "empty class folder" if not files[c] else "no readable images"
-            skipped.append((os.path.join(root, c), f"{why}: class dropped"))
+            why = "empty class folder" if c in empty else "no readable images"
+            skipped.append((_printable(os.path.join(root, c)), f"{why}: class dropped"))
             continue
         good += ok
         labels += [len(names)] * len(ok)
-        names.append(c)
+        names.append(_printable(c))
     if not names:
-        raise DataError(f"folder {root} has no readable images in any class sub-folder")
-    paths, use_pil = np.array([g[0] for g in good]), np.array([g[3] for g in good])
-    label_arr = np.array(labels, np.int64)
+        raise DataError(f"folder {_printable(root)} has no readable images in any class sub-folder")
+    paths = np.array([os.fsencode(s.path) for s in good])  # bytes: any file name reaches TensorFlow intact
+    shown = [_printable(s.path) for s in good]
+    routes, label_arr = np.array([s.route for s in good], np.int32), np.array(labels, np.int64)
 
     def build(keep: np.ndarray | None) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((paths[keep], use_pil[keep], label_arr[keep]))
-        ds = ds.map(lambda p, pil, y: (_decode_file(p, pil), y), num_parallel_calls=AUTOTUNE)
-        # strict=False: a file that passed PIL's verify() but fails to decode (e.g. a truncated JPEG) is dropped
-        return ds if strict else ds.ignore_errors(log_warning=True)
+        keep = np.ones(len(good), bool) if keep is None else keep
+        return _decode_files(paths[keep], [s for s, k in zip(shown, keep) if k], routes[keep], label_arr[keep])
 
     return _Source(
         label_arr,
         build,
-        f"folder {root} ({len(names)} classes)",
-        sum(map(len, files.values())),
-        sizes=np.array([g[2] for g in good]),
-        item=lambda i: str(paths[i]),
+        f"folder {_printable(root)} ({len(names)} classes)",
+        sum(len(listed[c][0]) for c in class_dirs),
+        sizes=np.array([s.size for s in good]),
+        item=lambda i: shown[i],
         class_names=names,
         num_classes=len(names),
     )
@@ -460,8 +696,10 @@ def _open(
         return _dataset_source(source)
     if isinstance(source, tuple) and len(source) == 2:
         return _array_source(source[0], source[1], strict, skipped)
+    if isinstance(source, bytes):
+        source = os.fsdecode(source)
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _is_path(source)):
-        return _folder_source(os.path.expanduser(os.fspath(source)), strict, skipped)
+        return _folder_source(os.path.expanduser(os.fsdecode(source)), strict, skipped)
     if isinstance(source, str):
         return _tfds_source(source, split, few_shot, num_classes, data_dir)
     raise DataError(
@@ -491,16 +729,30 @@ def load_dataset(
     * a ``tf.data.Dataset`` of ``(image, label)`` or of ``{"image", "label"}`` dicts (iterated once to
       count, validate and measure; it must yield the same order on every pass);
     * ``(images, labels)`` numpy arrays, images (N, H, W[, 1|3]) uint8 or float in [0, 1];
-    * a folder with one sub-folder per class (class names: the sorted sub-folder names; images may sit
-      in nested folders; hidden files and files directly in the folder are ignored; EXIF orientation
-      is not applied, as in ``tf.io.decode_image``);
+    * a folder (path, ``str`` or ``bytes``) with one sub-folder per class (class names: the sorted
+      sub-folder names; images may sit in nested folders; hidden files, files directly in the folder and
+      anything that is not a regular file (FIFOs, sockets, devices, broken symlinks) are ignored, never
+      opened; symlinks to files and folders are followed, loops walked once; EXIF orientation is not
+      applied, as in ``tf.io.decode_image``);
     * a tensorflow-datasets name, ``"cifar10"``, ``"cifar10:train[:90%]"`` or ``"tfds:cifar10"``
       (``name:split`` overrides ``split``); fails in seconds with DataError when the data is not
       prepared and cannot be downloaded. An existing folder of the same name wins over a tfds name.
 
-    Bad examples (unreadable files, labels < 0 or >= ``num_classes``, float images outside [0, 1],
-    empty class folders, images/labels count mismatch) raise DataError when ``strict``; otherwise they
-    are skipped, listed in ``info.skipped`` and summarised in one printed line.
+    Bad examples (labels < 0 or >= ``num_classes``, float images outside [0, 1], empty class folders,
+    images/labels count mismatch, and image files that do not fully decode: truncated, not an image,
+    empty, a decompression bomb, unreadable) raise DataError naming them when ``strict``; otherwise
+    they are skipped, listed in ``info.skipped`` as (item, reason) and summarised in one printed line.
+
+    Every file of a folder is opened and fully decoded with PIL here, on a thread pool, so a bad file
+    is found before training (this costs one decode of every image). The pipeline then decodes each
+    file as PIL does: 8-bit JPEG, 8-bit PNG and plain GIFs (first frame) with TensorFlow's decoders
+    (JPEG with the accurate IDCT, as PIL), anything else with PIL (first frame); high bit depths are
+    scaled to 8 bits, never clipped: 16-bit values ``round(v / 257)``, 32-bit integer and float images
+    by the range they span (float in [0, 1]: x 255; [0, 255]: as is; [0, 65535]: / 257; otherwise
+    min-max onto [0, 255]); alpha is dropped. Should a file fail to decode in the pipeline all the
+    same (changed since it was checked), iteration stops with an error naming it: nothing is dropped.
+    File names may hold any bytes; names in messages, ``info.skipped`` and ``class_names`` show bytes
+    that are not UTF-8 and control characters as backslash escapes.
     ``examples_per_class=k`` keeps exactly k examples of every class (:func:`sample_few_shot`, ``seed``).
     For ``tf.data`` and tfds sources it first reads every label into memory (tfds records are read
     without decoding their images); the examples themselves are then filtered lazily, so the source

@@ -19,6 +19,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
+
 CHOICES = ("auto", "tpu", "multi_worker", "mirrored", "one_device", "default")
 _TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
 
@@ -36,7 +38,7 @@ def tf_config_workers(env: dict[str, str] | None = None) -> int:
     try:
         cluster = json.loads(raw).get("cluster", {})
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); see the tf.distribute multi-worker guide") from err
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({err}); see the tf.distribute multi-worker guide") from err
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
@@ -75,7 +77,7 @@ def get_strategy(strategy: str | tf.distribute.Strategy | None = "auto", *, tpu:
     if strategy is None or strategy == "default":
         return tf.distribute.get_strategy()
     if strategy not in CHOICES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(CHOICES)} or pass a "
+        raise ConfigError(f"unknown strategy {strategy!r}; choose from {', '.join(CHOICES)} or pass a "
                          "tf.distribute.Strategy")
     # TPU and multi-worker set-ups must come before anything initialises TensorFlow's devices.
     if strategy == "auto" and (tpu or tpu_configured()):
@@ -118,7 +120,7 @@ def replica_batch_size(global_batch: int, strategy: tf.distribute.Strategy) -> i
     """
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
-        raise ValueError(f"global batch {global_batch} is not divisible by the {replicas} replicas; "
+        raise ConfigError(f"global batch {global_batch} is not divisible by the {replicas} replicas; "
                          f"use a multiple of {replicas}")
     return global_batch // replicas
 

@@ -26,6 +26,9 @@ __all__ = [
     "DataError",
     "DownloadError",
     "ExportError",
+    "LabelFileError",
+    "MissingDependencyError",
+    "MissingFileError",
     "Preempted",
     "TrainingDivergedError",
     "UnknownModelError",
@@ -38,8 +41,19 @@ class BitKerasError(Exception):
     """The root of every error bit-keras raises on purpose; the message says what is wrong and how to fix it."""
 
 
-class ConfigError(BitKerasError, ValueError):
-    """Options that do not fit together or a value out of range (named, with the valid choices)."""
+class ConfigError(BitKerasError, ValueError, TypeError):
+    """Options that do not fit together, a value out of range or of the wrong type (named, with the valid choices).
+
+    Also a ``TypeError``, since a wrong keyword or argument type is one.
+    """
+
+
+class MissingDependencyError(BitKerasError, ImportError):
+    """An optional package the call needs is not installed (named, with the ``pip install`` that adds it)."""
+
+
+class MissingFileError(BitKerasError, FileNotFoundError):
+    """A file or folder the call needs does not exist (named, with what to pass instead)."""
 
 
 class UnknownModelError(BitKerasError, ValueError):
@@ -57,6 +71,10 @@ class WeightFileError(BitKerasError, ValueError):
 
 class DownloadError(BitKerasError, OSError):
     """A download failed; the message names the URL, the destination, the cause and the fix."""
+
+
+class LabelFileError(DownloadError, ValueError):
+    """A label-name file that is not UTF-8 text with one non-empty line per class; it is never left in the cache."""
 
 
 class DataError(BitKerasError, ValueError):

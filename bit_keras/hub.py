@@ -35,6 +35,8 @@ from typing import Any
 
 import keras
 
+from bit_keras.errors import ConfigError, MissingDependencyError, MissingFileError
+
 __all__ = ["SavedModelLayer", "is_handle", "load_layer", "resolve"]
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -47,7 +49,7 @@ def _tensorflow_hub():
     try:
         import tensorflow_hub
     except ImportError as e:
-        raise ImportError(f"loading a model from a URL needs tensorflow_hub, which is not installed: {_HUB_INSTALL}") from e
+        raise MissingDependencyError(f"loading a model from a URL needs tensorflow_hub, which is not installed: {_HUB_INSTALL}") from e
     return tensorflow_hub
 
 
@@ -106,14 +108,14 @@ def resolve(handle: str | os.PathLike, *, registry: str | os.PathLike | None = N
     path = Path(s).expanduser()
     if path.is_dir():
         if not (path / SAVED_MODEL_FILE).is_file():
-            raise FileNotFoundError(f"{path} is a directory but not a SavedModel (no {SAVED_MODEL_FILE}); "
+            raise MissingFileError(f"{path} is a directory but not a SavedModel (no {SAVED_MODEL_FILE}); "
                                     "export one with hub_export.export(model, dir)")
         return path
     if _HANDLE_SHAPE.fullmatch(s):
         from hub_export.registry import Registry
 
         return Registry(registry).resolve(s)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"cannot load {s!r}: it is neither a SavedModel directory, an http(s) URL, nor a registry handle "
         "publisher/name/variant/version (bit-keras registry list shows the published ones)")
 
@@ -184,7 +186,7 @@ def load_layer(handle: str | os.PathLike, trainable: bool = False, *, name: str 
         A :class:`SavedModelLayer` taking float32 RGB images in [0, 1] (NHWC, any size).
 
     Raises:
-        ValueError: ``trainable=True`` for a serving-only (``fold_standardization=True``) export, or a
+        ConfigError: ``trainable=True`` for a serving-only (``fold_standardization=True``) export, or a
             SavedModel with no usable endpoint.
 
     Example:
@@ -197,7 +199,7 @@ def load_layer(handle: str | os.PathLike, trainable: bool = False, *, name: str 
     path = resolve(handle, registry=registry)
     endpoints, meta = _endpoints(path)
     if trainable and meta.get("fine_tunable") is False:
-        raise ValueError(
+        raise ConfigError(
             f"{os.fspath(handle)} is a serving-only export (fold_standardization=True: pre-standardized "
             "kernels, plain convolutions) and cannot be fine-tuned; load it with trainable=False, or "
             "publish an export made with fold_standardization=False")
@@ -206,11 +208,11 @@ def load_layer(handle: str | os.PathLike, trainable: bool = False, *, name: str 
     elif "__call__" in endpoints:
         call, training = "__call__", None
     elif "serving_default" in endpoints:
-        raise ValueError(f"{os.fspath(handle)} has only a serving_default signature (returns a dict), which "
+        raise ConfigError(f"{os.fspath(handle)} has only a serving_default signature (returns a dict), which "
                          "load_layer does not wrap; use keras.layers.TFSMLayer(path, 'serving_default') and pick "
                          "the output key, or export with hub_export.export")
     else:
-        raise ValueError(f"{os.fspath(handle)} has no 'serve' or '__call__' endpoint; export it with "
+        raise ConfigError(f"{os.fspath(handle)} has no 'serve' or '__call__' endpoint; export it with "
                          "hub_export.export(model, dir)")
     return SavedModelLayer(str(path), call_endpoint=call, call_training_endpoint=training,
                            trainable=trainable, name=name)

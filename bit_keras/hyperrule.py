@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bit_keras.errors import ConfigError
+
 RULES = ("code", "paper")
 SMALL_IMAGE_AREA = 96 * 96
 SMALL_DATASET = 20_000
@@ -37,7 +39,7 @@ _RESOLUTIONS = {"code": ((160, 128), (512, 480)), "paper": ((160, 128), (448, 38
 
 def _check_rule(rule: str) -> None:
     if rule not in _RESOLUTIONS:
-        raise ValueError(f"unknown rule {rule!r}: choose one of {', '.join(map(repr, RULES))}")
+        raise ConfigError(f"unknown rule {rule!r}: choose one of {', '.join(map(repr, RULES))}")
 
 
 def get_resolution(original_resolution: tuple[int, int], rule: str = "code") -> tuple[int, int]:
@@ -99,7 +101,7 @@ def get_lr(
     """
     if schedule is None:
         if num_examples is None:
-            raise ValueError("get_lr needs num_examples or an explicit schedule=")
+            raise ConfigError("get_lr needs num_examples or an explicit schedule=")
         schedule = get_schedule(num_examples)
     supports = list(schedule)
     if step < supports[0]:
@@ -143,11 +145,11 @@ class HyperParams:
     def __post_init__(self) -> None:
         schedule = tuple(int(s) for s in self.schedule)
         if len(schedule) < 2 or schedule[0] < 0 or any(b <= a for a, b in zip(schedule, schedule[1:])):
-            raise ValueError(
+            raise ConfigError(
                 f"schedule must be >= 2 increasing step counts [warm-up, decays..., end]; got {list(self.schedule)}"
             )
         if self.crop > self.resize:
-            raise ValueError(f"crop ({self.crop}) cannot be larger than resize ({self.resize})")
+            raise ConfigError(f"crop ({self.crop}) cannot be larger than resize ({self.resize})")
         object.__setattr__(self, "schedule", schedule)
 
     @property
@@ -242,11 +244,11 @@ def hyperparams_for(
     """
     unknown = sorted(set(overrides) - set(TUNABLE_FIELDS))
     if unknown:
-        raise TypeError(
+        raise ConfigError(
             f"hyperparams_for() got unknown override(s) {', '.join(unknown)}; valid fields: {', '.join(TUNABLE_FIELDS)}"
         )
     if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        raise ConfigError(f"num_examples must be >= 0, got {num_examples}")
     h, w = (int(v) for v in image_size)
     resize, crop = get_resolution((h, w), rule)
     values: dict[str, Any] = {

@@ -27,6 +27,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from bit_keras.errors import ConfigError
+
 WS_EPSILON = 1e-10
 GN_EPSILON = 1e-5
 GN_GROUPS = 32
@@ -74,7 +76,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def __init__(self, filters: int, kernel_size: Any, *, epsilon: float = WS_EPSILON, **kwargs: Any):
         if kwargs.pop("use_bias", False):
-            raise ValueError("StandardizedConv2D has no bias (BiT convolutions are bias-free); drop use_bias=True.")
+            raise ConfigError("StandardizedConv2D has no bias (BiT convolutions are bias-free); drop use_bias=True.")
         # Inputs and weights are cast by hand in `convolution_op`: the statistics come from the float32
         # master kernel, not from a copy already rounded to the compute dtype.
         kwargs["autocast"] = False
@@ -190,7 +192,7 @@ class GroupNorm(keras.layers.Layer):
     def build(self, input_shape: tuple) -> None:
         channels = input_shape[-1]
         if channels is None or channels % self.groups:
-            raise ValueError(
+            raise ConfigError(
                 f"GroupNorm '{self.name}': {channels} channels cannot be split into {self.groups} groups; "
                 f"use a width whose channel counts are multiples of {self.groups}, or pass groups=<a divisor>."
             )

@@ -15,8 +15,9 @@ from typing import Sequence
 
 import keras
 
+from bit_keras.errors import ConfigError, MissingFileError, WeightFileError
 from bit_keras.resnet import resnet_v2
-from bit_keras.weights import load_npz
+from bit_keras.weights import _weight_file, inspect_npz, load_npz
 from bit_keras.zoo import ModelInfo, WeightsUnavailableError, get_model_info
 
 _FROM_ENTRY = object()
@@ -30,7 +31,9 @@ def resolve_weights(info: ModelInfo, weights: str | os.PathLike, *, progress: bo
     """The local path of ``weights`` for entry ``info``: ``"pretrained"``, a URL or a local path.
 
     ``"pretrained"`` and URLs are downloaded into the cache (``$BIT_KERAS_HOME``) once, with resume and
-    size checks; later calls use the cached file.
+    size checks; later calls use the cached file. The download is validated with
+    :func:`bit_keras.weights.inspect_npz` before it is placed in the cache (and a cached file before it is
+    returned), so a file that is not a well-formed ``.npz`` never stays there.
 
     Example:
         >>> import os, tempfile
@@ -50,13 +53,63 @@ def resolve_weights(info: ModelInfo, weights: str | os.PathLike, *, progress: bo
     if weights.startswith(("http://", "https://")):
         from bit_keras.download import download
 
-        return download(weights, sha256=info.sha256 if weights == info.weights_url else None, progress=progress)
+        return download(weights, sha256=info.sha256 if weights == info.weights_url else None, progress=progress,
+                        validate=inspect_npz)
     path = Path(weights[len("file://"):] if weights.startswith("file://") else weights).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
+    if not path.exists():
+        raise MissingFileError(
             f"weights {weights!r} for {info.name}: no such file; pass weights='pretrained', a URL, "
             "or the path of an official .npz file"
         )
+    return _weight_file(path)  # a directory or a device: WeightFileError saying what to pass
+
+
+def _is_download(weights: str | os.PathLike) -> bool:
+    weights = os.fspath(weights)
+    return weights == "pretrained" or weights.startswith(("http://", "https://"))
+
+
+def load_weights(
+    model: keras.Model,
+    info: ModelInfo,
+    weights: str | os.PathLike,
+    *,
+    load_head: bool | None = None,
+    progress: bool = True,
+) -> Path:
+    """Resolve ``weights`` (:func:`resolve_weights`) and load them into ``model`` (:func:`load_npz`).
+
+    A downloaded file (``"pretrained"`` or a URL) that cannot be read as an ``.npz`` is moved aside
+    (``bit_keras.download.quarantine``: ``<name>.corrupt``) so that the next call downloads it again. A
+    well-formed file that does not fit the model stays in the cache: fetching it again would not change it.
+    A user's local file is never moved.
+
+    Returns:
+        The path the weights were loaded from.
+
+    Example:
+        >>> import os, tempfile
+        >>> from bit_keras.weights import save_npz
+        >>> model = create_model("BiT-tiny", num_classes=3)
+        >>> path = save_npz(model, os.path.join(tempfile.mkdtemp(), "w.npz"))
+        >>> load_weights(model, get_model_info("BiT-tiny"), path) == path
+        True
+    """
+    path = resolve_weights(info, weights, progress=progress)
+    try:
+        load_npz(model, path, load_head=load_head)
+    except WeightFileError as err:
+        if not (_is_download(weights) and getattr(err, "unreadable", False) and path.is_file()):
+            raise
+        from bit_keras.download import quarantine
+
+        moved = quarantine(path)
+        problem = str(err).replace("; delete it and download it again", "")
+        again = WeightFileError(
+            f"{problem}; the cached download was moved aside to {moved} and the next call downloads it again"
+        )
+        again.unreadable = True  # type: ignore[attr-defined]
+        raise again from err
     return path
 
 
@@ -86,7 +139,9 @@ def create_model(
     Raises:
         UnknownModelError: the name is not in the zoo (the closest names are listed).
         WeightsUnavailableError: ``"pretrained"`` for a BiT-L entry.
-        WeightFileError: the file is corrupt or does not match the architecture (keys named).
+        WeightFileError: the file is not a well-formed ``.npz`` (corrupt, truncated, a ``.npy``, a directory)
+            or does not fit the architecture (keys, shapes, dtypes and non-finite values named); nothing is
+            assigned. A downloaded file that cannot be read is moved aside and downloaded again next time.
 
     Example:
         >>> features = create_model("BiT-M-R50x1", num_classes=None)
@@ -97,10 +152,10 @@ def create_model(
     if num_classes is _FROM_ENTRY:
         num_classes = info.num_classes
     if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive int or None, got {num_classes!r}")
     spec = info.spec
     model = resnet_v2(spec.depths, spec.width, num_classes=num_classes, input_range=input_range,
                       groups=spec.groups, name=_model_name(info))
     if weights is not None:
-        load_npz(model, resolve_weights(info, weights))
+        load_weights(model, info, weights)
     return model

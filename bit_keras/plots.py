@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bit_keras.errors import MissingFileError
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -71,7 +73,7 @@ def plot_run(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) 
     run_dir = Path(run_dir)
     history_file = run_dir / "history.json"
     if not history_file.is_file():
-        raise FileNotFoundError(f"{history_file} does not exist: pass the output directory of a transfer run")
+        raise MissingFileError(f"{history_file} does not exist: pass the output directory of a transfer run")
     history = json.loads(history_file.read_text())
     plt = _pyplot()
     has_val = bool(history.get("val_step"))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import tensorflow as tf
 
-from bit_keras.errors import Preempted
+from bit_keras.errors import ConfigError, Preempted
 
 if TYPE_CHECKING:
     from bit_keras.train_loop import Checkpointer
@@ -95,10 +95,10 @@ def resolve_mode(mode: str = "auto") -> str:
         'signal'
     """
     if mode not in MODES:
-        raise ValueError(f"preemption mode {mode!r} is not one of {MODES}")
+        raise ConfigError(f"preemption mode {mode!r} is not one of {MODES}")
     available = _on_main_thread() and hasattr(tf.distribute.experimental, "PreemptionCheckpointHandler")
     if mode == "tf" and not available:
-        raise ValueError("preemption='tf' needs tf.distribute.experimental.PreemptionCheckpointHandler and the "
+        raise ConfigError("preemption='tf' needs tf.distribute.experimental.PreemptionCheckpointHandler and the "
                          "main thread; use preemption='signal' (or 'auto')")
     if mode == "auto":
         return "tf" if available and _handler_supported() else "signal"

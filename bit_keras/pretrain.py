@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import keras
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
 from bit_keras.atomic import save_model, write_json
 from bit_keras.data import DatasetInfo, load_dataset
 from bit_keras.distribute import distribute_dataset, get_strategy, is_chief
@@ -205,7 +206,7 @@ def pretrain(
         on_step: ``on_step(step, logs)`` after each step; raising from it stops the run (resumable).
     """
     if dataset is None:
-        raise TypeError("pretrain() needs dataset=: a folder, (images, labels) arrays, a tf.data.Dataset or a tfds name")
+        raise ConfigError("pretrain() needs dataset=: a folder, (images, labels) arrays, a tf.data.Dataset or a tfds name")
     config = get_preset(preset) if isinstance(preset, str) else preset
     config = config.replace(**overrides) if overrides else config
     strategy = get_strategy(strategy)
@@ -278,6 +279,7 @@ def pretrain(
             "config": config.to_dict(), "steps": total, "steps_per_epoch": steps_per_epoch,
             "dataset": info.source, "num_examples": info.num_examples, "num_classes": info.num_classes,
             "class_names": info.class_names, "replicas": strategy.num_replicas_in_sync,
+            **info.skipped_record(),
             "final_loss": history["loss"][-1] if history["loss"] else None,
             "model": model if isinstance(model, str) else net.name})
     if export_handle and chief:

@@ -31,6 +31,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
+
 UNIT_START = re.compile(r"^(block\d+\.unit\d+)\.a\.group_norm$")
 
 
@@ -44,7 +46,7 @@ class RematForward:
     def __init__(self, model: keras.Model):
         starts = [m.group(1) for m in (UNIT_START.match(layer.name) for layer in model.layers) if m]
         if not starts:
-            raise ValueError(
+            raise ConfigError(
                 f"remat: model {model.name!r} has no residual units named 'blockN.unitNN.a.group_norm' to "
                 "rematerialise (a hub.KerasLayer or another architecture); train it with remat=False."
             )

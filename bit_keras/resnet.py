@@ -22,6 +22,7 @@ from typing import Sequence
 
 import keras
 
+from bit_keras.errors import ConfigError
 from bit_keras.layers import GN_GROUPS, GroupNorm, StandardizedConv2D
 
 FEATURE_LAYERS = ("stem", "block1", "block2", "block3", "block4")
@@ -74,7 +75,7 @@ def register_arch(name: str, spec: ArchSpec) -> ArchSpec:
     """
     known = ARCHS.get(name)
     if known is not None and known != spec:
-        raise ValueError(f"architecture {name!r} is already registered as {known}")
+        raise ConfigError(f"architecture {name!r} is already registered as {known}")
     ARCHS[name] = spec
     return spec
 
@@ -88,7 +89,7 @@ def input_scaling(input_range: Sequence[float]) -> tuple[float, float]:
     """
     lo, hi = (float(v) for v in input_range)
     if not hi > lo:
-        raise ValueError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}")
+        raise ConfigError(f"input_range must be (low, high) with high > low, got {tuple(input_range)}")
     scale = 2.0 / (hi - lo)
     return scale, -1.0 - lo * scale
 
@@ -149,10 +150,10 @@ def resnet_v2(
         (None, 1024)
     """
     if len(depths) != 4 or min(depths) < 1:
-        raise ValueError(f"depths must be four positive unit counts, got {tuple(depths)}")
+        raise ConfigError(f"depths must be four positive unit counts, got {tuple(depths)}")
     spec = ArchSpec(tuple(int(d) for d in depths), width)  # type: ignore[arg-type]
     if spec.root_channels < 1:
-        raise ValueError(f"width {width} gives no root channels")
+        raise ConfigError(f"width {width} gives no root channels")
 
     images = keras.Input((None, None, 3), name="images")
     x = images
@@ -193,5 +194,5 @@ def feature_extractor(model: keras.Model, outputs: Sequence[str] = (*FEATURE_LAY
     known = (*FEATURE_LAYERS, PRE_LOGITS_NAME)
     unknown = [o for o in outputs if o not in known]
     if unknown:
-        raise ValueError(f"unknown feature output(s) {unknown}; choose from {list(known)}")
+        raise ConfigError(f"unknown feature output(s) {unknown}; choose from {list(known)}")
     return keras.Model(model.input, {o: model.get_layer(o).output for o in outputs}, name=f"{model.name}_features")

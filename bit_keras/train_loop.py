@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bit_keras.errors import TrainingDivergedError
+from bit_keras.errors import ConfigError, DataError, TrainingDivergedError
 from bit_keras.remat import remat_forward
 
 MIXED_PRECISION_POLICIES = ("mixed_bfloat16", "mixed_float16")
@@ -93,7 +93,7 @@ class TrainStep:
     ) -> None:
         replicas = strategy.num_replicas_in_sync
         if batch_size % (replicas * batch_split):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size {batch_size} must be divisible by replicas ({replicas}) x batch_split ({batch_split}) "
                 f"= {replicas * batch_split}: choose a batch_size that is a multiple of it"
             )
@@ -183,7 +183,7 @@ def evaluate_model(
         losses.append(loss.numpy())
         classes = int(c)
     if not ranks:
-        raise ValueError("the evaluation dataset is empty: pass a validation source with at least one example")
+        raise DataError("the evaluation dataset is empty: pass a validation source with at least one example")
     rank, loss = np.concatenate(ranks), np.concatenate(losses)
     k = min(5, classes or 5)
     return {
@@ -258,7 +258,7 @@ def run_loop(
     for step in range(start_step, steps):
         lr = lr_at(step)
         if lr is None:
-            raise ValueError(f"the schedule ended before step {step}; steps={steps} exceeds it")
+            raise ConfigError(f"the schedule ended before step {step}; steps={steps} exceeds it")
         set_learning_rate(optimizer, lr)
         try:
             batch = next(batches)

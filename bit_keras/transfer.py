@@ -38,8 +38,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError, DataError, MissingFileError
 from bit_keras.atomic import json_default, save_model, write_json
-from bit_keras.data import DataError, DatasetInfo, load_dataset
+from bit_keras.data import DatasetInfo, load_dataset
 from bit_keras.pipelines import eval_pipeline, train_pipeline
 from bit_keras.hyperrule import HyperParams, hyperparams_for
 from bit_keras.train_loop import (
@@ -106,7 +107,7 @@ def scale_schedule(schedule: Sequence[int], steps: int) -> tuple[int, ...]:
     """
     steps = int(steps)
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise ConfigError(f"steps must be >= 1, got {steps}")
     end = schedule[-1]
     out: list[int] = []
     for s in schedule[:-1]:
@@ -172,12 +173,12 @@ def _check_resumable(path: Path, run: dict[str, Any]) -> None:
     try:
         saved = json.loads(path.read_text())["run"]
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path} is missing or unreadable ({err}), but {path.parent} has checkpoints: "
+        raise ConfigError(f"{path} is missing or unreadable ({err}), but {path.parent} has checkpoints: "
                          "use a new output_dir or delete the old run") from err
     diff = [k for k in _RESUME_KEYS if json.loads(json.dumps(run.get(k), default=json_default)) != saved.get(k)]
     if diff:
         shown = "; ".join(f"{k}: saved {saved.get(k)!r}, now {run.get(k)!r}" for k in diff)
-        raise ValueError(
+        raise ConfigError(
             f"output_dir {path.parent} holds a different run, which cannot be resumed with these settings ({shown}): "
             "use a new output_dir, or delete the old one to start over"
         )
@@ -276,16 +277,16 @@ def transfer(
         ['top1', 'top5']
     """
     if dataset is None:
-        raise TypeError(
+        raise ConfigError(
             "transfer() needs dataset=: a folder, (images, labels) arrays, a tf.data.Dataset or a tfds name"
         )
     if mixed_precision not in (None, *MIXED_PRECISION_POLICIES):
-        raise ValueError(f"mixed_precision must be None or one of {MIXED_PRECISION_POLICIES}, got {mixed_precision!r}")
+        raise ConfigError(f"mixed_precision must be None or one of {MIXED_PRECISION_POLICIES}, got {mixed_precision!r}")
     batch_split = int(batch_split or 1)
     if batch_split < 1 or batch_size % batch_split:
-        raise ValueError(f"batch_split ({batch_split}) must be >= 1 and divide batch_size ({batch_size})")
+        raise ConfigError(f"batch_split ({batch_split}) must be >= 1 and divide batch_size ({batch_size})")
     if "batch_size" in overrides:
-        raise TypeError("pass batch_size as its own argument, not as a HyperParams override")
+        raise ConfigError("pass batch_size as its own argument, not as a HyperParams override")
     if isinstance(model, os.PathLike):
         model = os.fspath(model)  # a SavedModel folder: a hub handle
     if isinstance(strategy, str):
@@ -294,7 +295,7 @@ def transfer(
         strategy = get_strategy(strategy)
     strategy = strategy or tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.Strategy):
-        raise TypeError(f"strategy must be a tf.distribute.Strategy, a name or None, got {type(strategy).__name__}")
+        raise ConfigError(f"strategy must be a tf.distribute.Strategy, a name or None, got {type(strategy).__name__}")
     input_range = tuple(float(v) for v in input_range)  # type: ignore[assignment]
     started = time.perf_counter()
 
@@ -339,7 +340,7 @@ def transfer(
             "image_size": list(info.image_size),
             "examples_per_class": examples_per_class,
             "class_names": info.class_names,
-            "skipped": len(info.skipped),
+            **info.skipped_record(),  # the count and the first 1000 (item, reason)
         },
         "validation": None if val is None else {
             "source": val[1].source or _describe_source(validation),
@@ -502,7 +503,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: Any, *, split: str = "test
     run_dir = Path(run_dir)
     model_path = run_dir / MODEL_FILE
     if not model_path.is_file():
-        raise FileNotFoundError(f"{model_path} does not exist: pass the output_dir of a finished transfer run")
+        raise MissingFileError(f"{model_path} does not exist: pass the output_dir of a finished transfer run")
     import bit_keras.layers  # noqa: F401  (registers the custom layers for deserialization)
 
     record = json.loads((run_dir / HYPERPARAMS_FILE).read_text())

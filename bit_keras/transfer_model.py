@@ -18,6 +18,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
+
 HEAD_NAME = "head"
 
 
@@ -88,7 +90,7 @@ def with_head(model: keras.Model, num_classes: int) -> keras.Model:
         features = head.input
     else:
         if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"model {model.name!r} has no Dense layer named 'head' and its output is not a feature vector "
                 f"[batch, features] (outputs: {[tuple(o.shape) for o in model.outputs]}): pass a classifier whose "
                 "last layer is Dense(name='head'), or a model ending in pooled features"
@@ -166,16 +168,15 @@ def build_transfer_model(
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
     if not isinstance(model, str):
-        raise TypeError(f"model must be a zoo name, a hub handle or a keras.Model; got {type(model).__name__}")
+        raise ConfigError(f"model must be a zoo name, a hub handle or a keras.Model; got {type(model).__name__}")
     if is_hub_handle(model):
         return _hub_model(model, num_classes, input_range)
-    from bit_keras.models import create_model, resolve_weights
-    from bit_keras.weights import load_npz
+    from bit_keras.models import create_model, load_weights
     from bit_keras.zoo import get_model_info
 
     info = get_model_info(model)
     with seeded_init(seed):
         built = create_model(info.name, weights=None, num_classes=num_classes, input_range=input_range)
     if weights is not None:
-        load_npz(built, resolve_weights(info, weights, progress=progress), load_head=load_head)
+        load_weights(built, info, weights, load_head=load_head, progress=progress)
     return built

@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from bit_keras.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class UpstreamConfig:
@@ -53,9 +55,9 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in ("softmax", "sigmoid"):
-            raise ValueError(f"loss must be 'softmax' or 'sigmoid', got {self.loss!r}")
+            raise ConfigError(f"loss must be 'softmax' or 'sigmoid', got {self.loss!r}")
         if list(self.decay_epochs) != sorted(self.decay_epochs) or any(e >= self.epochs for e in self.decay_epochs):
-            raise ValueError(f"decay_epochs {self.decay_epochs} must be increasing and below epochs={self.epochs}")
+            raise ConfigError(f"decay_epochs {self.decay_epochs} must be increasing and below epochs={self.epochs}")
 
     @property
     def base_lr(self) -> float:
@@ -88,7 +90,7 @@ class UpstreamConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise TypeError(f"unknown upstream setting(s) {unknown}; valid: {sorted(names)}")
+            raise ConfigError(f"unknown upstream setting(s) {unknown}; valid: {sorted(names)}")
         if "epochs" in overrides and "decay_epochs" not in overrides:
             ratio = overrides["epochs"] / self.epochs
             overrides["decay_epochs"] = tuple(round(e * ratio, 3) for e in self.decay_epochs)
@@ -129,4 +131,4 @@ def get_preset(name: str) -> UpstreamConfig:
     for key, cfg in PRESETS.items():
         if key.lower() == name.lower():
             return cfg
-    raise ValueError(f"unknown upstream preset {name!r}; choose from {', '.join(PRESETS)}")
+    raise ConfigError(f"unknown upstream preset {name!r}; choose from {', '.join(PRESETS)}")

@@ -10,9 +10,13 @@ The official files hold flat arrays under ``resnet/...`` keys, kernels already H
     resnet/head/conv2d/kernel                                    (1, 1, C, N)
     resnet/head/conv2d/bias                                      (N,)
 
-Loading is strict: every backbone key of the file is used, every weight of the model is set, and a
-missing key, an extra key or a shape mismatch raises :class:`WeightFileError` naming it. Nothing is
-assigned unless the whole file checks out.
+Loading is strict and all-or-nothing. First the archive's member headers are read
+(:func:`inspect_npz`: shapes and dtypes, no data), and every key, shape and dtype is checked against the
+model; then the arrays are read, cast to the variables' dtype and checked for NaN and infinity; only when
+everything checks out is anything assigned. Every problem raises :class:`WeightFileError` naming the key
+and the fix: a missing, extra or misshapen key (with the architecture the file holds), a non-float array,
+non-finite values, a head kernel without its bias (or the reverse), a file that is not an ``.npz``
+archive of named arrays, or a corrupt or truncated one.
 
 Example:
     >>> import os, tempfile
@@ -20,16 +24,20 @@ Example:
     >>> model = resnet_v2((1, 1, 1, 1), 0.5, num_classes=10)
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
     >>> _ = save_npz(model, path)
+    >>> inspect_npz(path)["resnet/head/conv2d/kernel"]
+    ((1, 1, 1024, 10), dtype('float32'))
     >>> load_npz(model, path)
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import keras
 import numpy as np
@@ -39,8 +47,21 @@ from bit_keras.layers import GroupNorm, StandardizedConv2D
 from bit_keras.resnet import HEAD_NAME, ArchSpec
 
 PREFIX = "resnet/"
+ROOT_KERNEL = PREFIX + "root_block/standardized_conv2d/kernel"
 HEAD_KERNEL = PREFIX + "head/conv2d/kernel"
 HEAD_BIAS = PREFIX + "head/conv2d/bias"
+HEAD_KEYS = (HEAD_KERNEL, HEAD_BIAS)
+
+Header = tuple[tuple[int, ...], np.dtype]
+"""``(shape, dtype)`` of one array, as :func:`inspect_npz` reports it."""
+
+_NPY_MAGIC = b"\x93NUMPY"
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than ~1032:1
+# What the zip and .npy readers raise on a damaged file (zipfile raises RuntimeError for encrypted
+# members, NotImplementedError for unknown compression methods, zlib.error for a damaged deflate stream).
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error,
+                NotImplementedError, RuntimeError)
+_SAVE_FIX = "write weight files with bit_keras.save_npz, or numpy.savez with one float array per official key"
 
 
 def _layer_key(layer: keras.layers.Layer) -> str:
@@ -77,30 +98,201 @@ def head_layer(model: keras.Model) -> keras.layers.Dense | None:
     return layer if isinstance(layer, keras.layers.Dense) else None
 
 
+# --------------------------------------------------------------------------- reading files
+
+
+def _unreadable(message: str) -> WeightFileError:
+    """A WeightFileError for a file that cannot be read as an ``.npz`` at all.
+
+    Such errors carry ``unreadable = True``: a downloaded copy of the file is damaged and worth fetching again
+    (:func:`bit_keras.models.load_weights` moves it aside), unlike a well-formed file that does not fit the model.
+    """
+    err = WeightFileError(message)
+    err.unreadable = True  # type: ignore[attr-defined]
+    return err
+
+
+def _corrupt(path: Path, err: BaseException) -> WeightFileError:
+    return _unreadable(
+        f"weight file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+        "delete it and download it again"
+    )
+
+
+def _weight_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it names a regular file; WeightFileError saying what to pass otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.npz"))[:3]
+        hint = f" (it holds {', '.join(inside)})" if inside else ""
+        raise _unreadable(f"weight file {path} is a directory; pass the .npz file inside it{hint}")
+    if not path.exists():
+        raise _unreadable(f"weight file {path} does not exist")
+    if not path.is_file():
+        raise _unreadable(f"weight file {path} is not a regular file; pass the path of an .npz file")
+    return path
+
+
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive_size: int) -> Header:
+    """Shape and dtype of one ``.npy`` member, read from its header only, checked against the zip directory."""
+    name = info.filename
+    if info.flag_bits & 0x1:
+        raise _unreadable(f"weight file {path}: member {name!r} is encrypted; {_SAVE_FIX}")
+    if info.header_offset + info.compress_size > archive_size:
+        raise _unreadable(
+            f"weight file {path} is corrupt or truncated: member {name!r} claims {info.compress_size} bytes "
+            f"at offset {info.header_offset} of a {archive_size}-byte file; delete it and download it again"
+        )
+    if (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size) or (
+        info.compress_type == zipfile.ZIP_DEFLATED
+        and info.file_size > info.compress_size * _DEFLATE_MAX_RATIO + 1024
+    ):
+        raise _unreadable(
+            f"weight file {path} is corrupt: member {name!r} claims {info.file_size} bytes from "
+            f"{info.compress_size} stored bytes, which its compression cannot produce; "
+            "delete it and download it again"
+        )
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError as err:
+            raise _unreadable(
+                f"weight file {path}: member {name!r} is not a .npy array ({err}); the file is damaged or "
+                f"was not written by numpy.savez; {_SAVE_FIX}"
+            ) from err
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # 3.0 is only written for structured dtypes with non-latin-1 field names: never weights
+            raise _unreadable(
+                f"weight file {path}: member {name!r} uses .npy format version {version[0]}.{version[1]}, "
+                f"which holds structured arrays, not weights; {_SAVE_FIX}"
+            )
+        header_bytes = f.tell()
+    key = name[: -len(".npy")]
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise _unreadable(f"weight file {path}: array {key!r} declares the invalid shape {shape!r}; {_SAVE_FIX}")
+    if dtype.hasobject:
+        raise _unreadable(
+            f"weight file {path}: array {key!r} is an object (pickled) array of dtype {dtype}; weight files "
+            f"hold plain float arrays and pickles are never loaded (they can run code); {_SAVE_FIX}"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    if header_bytes + declared != info.file_size:
+        raise _unreadable(
+            f"weight file {path} is corrupt: array {key!r} declares shape {tuple(shape)} of {dtype} "
+            f"({declared} bytes) but its member holds {info.file_size - header_bytes} bytes of data; "
+            "delete it and download it again"
+        )
+    return tuple(shape), dtype
+
+
+def inspect_npz(path: str | os.PathLike) -> dict[str, Header]:
+    """Key -> ``(shape, dtype)`` of every array of an ``.npz`` file, from the member headers alone.
+
+    No array data is read, so this is cheap even for multi-GB files, and a member that declares more data
+    than it holds (or an absurd size) is refused before anything is allocated. Anything that is not a
+    well-formed ``.npz`` of plain arrays raises :class:`WeightFileError`: a missing file, a directory, a
+    0-byte file, a ``.npy`` file, a file that is not a zip (or a damaged or truncated one), a zip member
+    that is not a ``.npy`` array, an object (pickled) array, a header that disagrees with the member's
+    size, an archive with no arrays. Usable as a download validator (a callable that raises).
+
+    Example:
+        >>> import os, tempfile, numpy as np
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+        >>> np.savez(path, **{"resnet/group_norm/gamma": np.ones(8, "float32")})
+        >>> inspect_npz(path)
+        {'resnet/group_norm/gamma': ((8,), dtype('float32'))}
+        >>> np.save(path[:-1] + "y", np.ones(3))
+        >>> inspect_npz(path[:-1] + "y")
+        Traceback (most recent call last):
+        ...
+        bit_keras.errors.WeightFileError: weight file ....npy is a single .npy array, not an .npz archive ...
+    """
+    path = _weight_file(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise _unreadable(f"weight file {path} is empty (0 bytes), as left by an interrupted download or copy; "
+                          "delete it and download it again")
+    with open(path, "rb") as f:
+        magic = f.read(len(_NPY_MAGIC))
+    if magic == _NPY_MAGIC:
+        raise _unreadable(
+            f"weight file {path} is a single .npy array, not an .npz archive of named arrays; a weight file "
+            f"maps every official key to its array: {_SAVE_FIX}"
+        )
+    headers: dict[str, Header] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise _unreadable(
+                        f"weight file {path} is a zip archive but not an .npz: its member {info.filename!r} is "
+                        f"not a .npy array; {_SAVE_FIX}"
+                    )
+                key = info.filename[: -len(".npy")]
+                if key in headers:
+                    raise _unreadable(f"weight file {path} is corrupt: it holds array {key!r} twice; "
+                                      "delete it and download it again")
+                headers[key] = _member_header(zf, info, path, size)
+    except WeightFileError:
+        raise
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from err
+    if not headers:
+        raise _unreadable(f"weight file {path} is an empty .npz (no arrays): it holds no weights; "
+                          "delete it and download it again, or pass the right file")
+    return headers
+
+
+def _read_arrays(path: Path, headers: Mapping[str, Header]) -> Iterator[tuple[str, np.ndarray]]:
+    """The arrays of ``headers`` one at a time, each checked against its header; damage raises WeightFileError."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for key, (shape, dtype) in headers.items():
+                with zf.open(key + ".npy") as f:
+                    array = np.lib.format.read_array(f, allow_pickle=False)
+                    trailing = f.read(1)  # reaching the end makes zipfile check the CRC
+                if trailing or array.shape != tuple(shape) or array.dtype != dtype:
+                    raise _unreadable(f"weight file {path} changed while it was read (array {key!r}); "
+                                      "load it again once it is complete")
+                yield key, array
+    except WeightFileError:
+        raise
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from err
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of a weight file, with corrupt or truncated files reported clearly.
+    """All arrays of a weight file, with anything but a well-formed ``.npz`` reported clearly.
+
+    The headers are checked first (:func:`inspect_npz`), then the data is read (its CRC checked).
 
     Example:
         >>> read_npz("/no/such/file.npz")
         Traceback (most recent call last):
         ...
-        bit_keras.weights.WeightFileError: weight file /no/such/file.npz does not exist
+        bit_keras.errors.WeightFileError: weight file /no/such/file.npz does not exist
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightFileError(f"weight file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, zipfile.LargeZipFile) as err:
-        raise WeightFileError(
-            f"weight file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-            "delete it and download it again"
-        ) from err
+    return dict(_read_arrays(path, inspect_npz(path)))
+
+
+# --------------------------------------------------------------------------- checking and loading
+
+
+class _Shape:
+    """Stands in for an array in :func:`infer_arch` where only the header is known."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape, self.ndim = tuple(shape), len(shape)
 
 
 def infer_arch(weights: Mapping[str, np.ndarray]) -> ArchSpec:
     """Depths and width of the network a weight dict was saved from.
+
+    GroupNorm's number of groups is not stored in the weights: the result has the default, 32.
 
     Example:
         >>> from bit_keras.resnet import resnet_v2
@@ -108,9 +300,9 @@ def infer_arch(weights: Mapping[str, np.ndarray]) -> ArchSpec:
         >>> infer_arch({k: v.numpy() for k, v in backbone_variables(model).items()})
         ArchSpec(depths=(1, 2, 1, 1), width=0.5, groups=32)
     """
-    root = weights.get(PREFIX + "root_block/standardized_conv2d/kernel")
+    root = weights.get(ROOT_KERNEL)
     if root is None or root.ndim != 4:
-        raise WeightFileError("not a BiT weight file: no 4-D resnet/root_block/standardized_conv2d/kernel")
+        raise WeightFileError(f"not a BiT weight file: no 4-D {ROOT_KERNEL}")
     depths = []
     for b in range(1, 5):
         units = {k.split("/")[2] for k in weights if k.startswith(f"{PREFIX}block{b}/unit")}
@@ -121,11 +313,164 @@ def infer_arch(weights: Mapping[str, np.ndarray]) -> ArchSpec:
 def _describe(spec: ArchSpec) -> str:
     from bit_keras.resnet import ARCHS
 
-    for name, known in ARCHS.items():
-        if known == spec:
+    for name, known in ARCHS.items():  # the groups are not in the file: match depths and width
+        if known.depths == spec.depths and known.width == spec.width:
             return name
     width = int(spec.width) if float(spec.width).is_integer() else spec.width
     return f"depths {spec.depths}, width {width}"
+
+
+def _what_the_file_holds(headers: Mapping[str, Header]) -> str:
+    """One line on the architecture the file holds, or why it is not a BiT checkpoint."""
+    try:
+        return (f"  the file holds a {_describe(infer_arch({k: _Shape(s) for k, (s, _) in headers.items()}))} "
+                "network; create the model with the matching architecture")
+    except WeightFileError:
+        pass
+    keys = sorted(headers)
+    if not keys:
+        return "  it holds no arrays: it does not look like a BiT checkpoint"
+    if not any(k.startswith(PREFIX) for k in keys):
+        inner = [k[: k.index("/" + PREFIX) + 1] for k in keys if "/" + PREFIX in k]
+        if len(inner) == len(keys) and len(set(inner)) == 1:
+            return (f"  every key starts with {inner[0]!r} before {PREFIX!r}: strip that prefix from the keys "
+                    "and save the file again")
+        shown = ", ".join(repr(k) for k in keys[:3])
+        return (f"  none of its {len(keys)} keys starts with {PREFIX!r} (e.g. {shown}): it does not look like a "
+                "BiT checkpoint in the official layout (a PyTorch/timm state dict must be converted to the "
+                "official keys first)")
+    if ROOT_KERNEL not in headers:
+        return f"  the file has no {ROOT_KERNEL}, so its architecture cannot be told"
+    return f"  its {ROOT_KERNEL} is not 4-D: it does not look like a BiT checkpoint"
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" and dtype.itemsize in (2, 4, 8)
+
+
+def _listed(label: str, items: list[str]) -> str:
+    shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
+    return f"  {len(items)} {label}: " + "; ".join(shown)
+
+
+def _head_width(targets: Mapping[str, keras.Variable], head: keras.layers.Dense | None) -> int | None:
+    gamma = targets.get(PREFIX + "group_norm/gamma")
+    if gamma is not None:
+        return int(gamma.shape[0])
+    return int(head.kernel.shape[0]) if head is not None else None
+
+
+def _head_shape_problem(headers: Mapping[str, Header], width: int | None) -> str | None:
+    """Why the file's head kernel/bias shapes are not ``(1, 1, C, N)`` / ``(N,)``, or None."""
+    kernel, bias = headers[HEAD_KERNEL][0], headers[HEAD_BIAS][0]
+    ok = (
+        (len(kernel) == 2 or (len(kernel) == 4 and kernel[:2] == (1, 1)))
+        and (width is None or kernel[-2] == width)
+        and bias == kernel[-1:]
+    )
+    if ok:
+        return None
+    want = f"(1, 1, {width if width is not None else 'C'}, N)"
+    return f"{HEAD_KERNEL} {kernel} and {HEAD_BIAS} {bias}: expected {want} and (N,)"
+
+
+def _check_layout(
+    model: keras.Model, headers: Mapping[str, Header], source: str, load_head: bool | None
+) -> tuple[dict[str, keras.Variable], bool]:
+    """Check keys, shapes and dtypes of the file against the model, from the headers alone.
+
+    Returns the variables by key that the file's arrays go to (the head's under the head keys when it is
+    loaded) and whether the head is loaded. Raises WeightFileError listing every problem.
+    """
+    targets = backbone_variables(model)
+    head = head_layer(model)
+    keys = set(headers)
+    lines: list[str] = []
+
+    not_float = [f"{key}: {dtype}" for key, (_, dtype) in sorted(headers.items()) if not _is_float(dtype)]
+    if not_float:
+        lines.append(_listed("arrays that are not float16/32/64", not_float))
+        lines.append("  weights are float arrays: integer, boolean, string or complex arrays mean the file "
+                     f"is not a weight file or was written wrongly; {_SAVE_FIX}")
+    has_kernel, has_bias = HEAD_KERNEL in keys, HEAD_BIAS in keys
+    if has_kernel != has_bias:
+        present, absent = (HEAD_KERNEL, HEAD_BIAS) if has_kernel else (HEAD_BIAS, HEAD_KERNEL)
+        lines.append(f"  the head is incomplete: {present} is there but {absent} is missing; a file holds "
+                     "both or neither (remove the other one to load only the backbone, or save the file "
+                     "again with bit_keras.save_npz)")
+
+    missing = sorted(set(targets) - keys)
+    extra = sorted(keys - set(targets) - set(HEAD_KEYS))
+    mismatched = [
+        f"{key}: file {tuple(headers[key][0])}, model {tuple(var.shape)}"
+        for key, var in targets.items()
+        if key in headers and tuple(headers[key][0]) != tuple(var.shape)
+    ]
+    if has_kernel and has_bias:
+        problem = _head_shape_problem(headers, _head_width(targets, head))
+        if problem:
+            mismatched.append(problem)
+    for label, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", mismatched)):
+        if items:
+            lines.append(_listed(label, items))
+    if missing or extra or mismatched:
+        lines.append(_what_the_file_holds(headers))
+    if lines:
+        raise WeightFileError("\n".join([f"cannot load {source} into model {model.name!r}:", *lines]))
+
+    file_head = (tuple(headers[HEAD_KERNEL][0][-2:]), tuple(headers[HEAD_BIAS][0])) if has_kernel else None
+    model_head = (tuple(head.kernel.shape), tuple(head.bias.shape)) if head is not None else None
+    if load_head is None:
+        load_head = file_head is not None and file_head == model_head
+    if load_head:
+        if head is None:
+            raise WeightFileError(f"load_head=True but model {model.name!r} has no head (num_classes=None)")
+        if file_head is None:
+            raise WeightFileError(f"load_head=True but {source} has no {HEAD_KERNEL} / {HEAD_BIAS}")
+        if file_head != model_head:
+            raise WeightFileError(
+                f"head of {source} is {file_head[0]} but the model's is {model_head[0]}; "  # type: ignore[index]
+                "pass num_classes equal to the checkpoint's classes, or another value for a new zero head"
+            )
+        targets = {**targets, HEAD_KERNEL: head.kernel, HEAD_BIAS: head.bias}
+    return targets, bool(load_head)
+
+
+def _prepare(
+    arrays: Iterator[tuple[str, np.ndarray]],
+    targets: Mapping[str, keras.Variable],
+    source: str,
+    model: keras.Model,
+    allow_nonfinite: bool,
+) -> dict[str, np.ndarray]:
+    """Every array cast to its variable's dtype and shape, checked for NaN/inf; WeightFileError lists them."""
+    values: dict[str, np.ndarray] = {}
+    nonfinite: list[str] = []
+    for key, array in arrays:
+        var = targets.get(key)
+        # A head that is not loaded is still checked, in its own dtype.
+        if var is None:
+            value = array
+        else:
+            with np.errstate(over="ignore"):  # a float64 value beyond float32's range: counted below
+                value = np.asarray(array, dtype=var.dtype).reshape(tuple(var.shape))
+        if not allow_nonfinite:
+            bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+            if bad:
+                overflow = bad - (array.size - int(np.count_nonzero(np.isfinite(array))))
+                note = (f", {overflow} of them finite {array.dtype} values beyond the range of {value.dtype}"
+                        if overflow else "")
+                nonfinite.append(f"{key}: {bad} of {value.size} values are NaN or infinite{note}")
+        if var is not None:
+            values[key] = value
+    if nonfinite:
+        raise WeightFileError("\n".join([
+            f"cannot load {source} into model {model.name!r}:",
+            _listed("arrays with non-finite values", nonfinite),
+            "  the checkpoint is damaged or was saved from a diverged run; use another file, or pass "
+            "allow_nonfinite=True to load it as it is",
+        ]))
+    return values
 
 
 def load_npz(
@@ -133,8 +478,9 @@ def load_npz(
     weights: str | os.PathLike | Mapping[str, np.ndarray],
     *,
     load_head: bool | None = None,
+    allow_nonfinite: bool = False,
 ) -> None:
-    """Load an official-layout weight file (or dict) into a BiT model, strictly.
+    """Load an official-layout weight file (or dict) into a BiT model, strictly and all-or-nothing.
 
     Args:
         model: a model built by :func:`bit_keras.resnet.resnet_v2` / :func:`bit_keras.create_model`.
@@ -142,60 +488,51 @@ def load_npz(
         load_head: True to require and load the file's head, False to leave the model's head as it is
             (the BiT transfer init: zeros), None (default) to load it when the model's head has the
             checkpoint's number of classes.
+        allow_nonfinite: load arrays holding NaN or infinity instead of refusing the file.
 
     Raises:
-        WeightFileError: corrupt file, missing or extra keys, shape mismatches (all named).
+        WeightFileError: nothing was assigned because the file is not a well-formed ``.npz`` (missing,
+            a directory, a ``.npy``, corrupt or truncated), or its keys, shapes, dtypes or values do not
+            fit the model (all named, with the fix). Errors about the file itself (it cannot be read as an
+            ``.npz``) have ``err.unreadable`` set.
+
+    Example:
+        >>> import numpy as np
+        >>> from bit_keras.resnet import resnet_v2
+        >>> model = resnet_v2((1, 1, 1, 1), 0.25, groups=8, num_classes=None)
+        >>> arrays = {k: v.numpy() for k, v in backbone_variables(model).items()}
+        >>> arrays["resnet/group_norm/beta"] = np.full(512, np.nan)
+        >>> load_npz(model, arrays)
+        Traceback (most recent call last):
+        ...
+        bit_keras.errors.WeightFileError: cannot load the weight dict into model 'resnet':
+          1 arrays with non-finite values: resnet/group_norm/beta: 512 of 512 values are NaN or infinite
+          ...
     """
-    source = str(weights) if isinstance(weights, (str, os.PathLike)) else "the weight dict"
-    arrays = read_npz(weights) if isinstance(weights, (str, os.PathLike)) else dict(weights)
-    targets = backbone_variables(model)
-    head_keys = {HEAD_KERNEL, HEAD_BIAS}
-
-    missing = sorted(set(targets) - set(arrays))
-    extra = sorted(set(arrays) - set(targets) - head_keys)
-    mismatched = [
-        f"{key}: file {tuple(arrays[key].shape)}, model {tuple(var.shape)}"
-        for key, var in targets.items()
-        if key in arrays and tuple(arrays[key].shape) != tuple(var.shape)
-    ]
-    if missing or extra or mismatched:
-        lines = [f"cannot load {source} into model {model.name!r}:"]
-        for label, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", mismatched)):
-            if items:
-                shown = items[:8] + ([f"... and {len(items) - 8} more"] if len(items) > 8 else [])
-                lines.append(f"  {len(items)} {label}: " + "; ".join(shown))
-        try:
-            lines.append(f"  the file holds a {_describe(infer_arch(arrays))} network; "
-                         "create the model with the matching architecture")
-        except WeightFileError:
-            lines.append("  the file does not look like a BiT checkpoint")
-        raise WeightFileError("\n".join(lines))
-
-    head = head_layer(model)
-    file_has_head = HEAD_KERNEL in arrays and HEAD_BIAS in arrays
-    head_values = None
-    if file_has_head:
-        kernel = arrays[HEAD_KERNEL]
-        kernel = kernel.reshape(kernel.shape[-2:]) if kernel.ndim == 4 else kernel
-        head_values = (kernel, arrays[HEAD_BIAS])
-    if load_head is None:
-        load_head = bool(head is not None and file_has_head and head.kernel.shape == head_values[0].shape)
-    if load_head:
-        if head is None:
-            raise WeightFileError(f"load_head=True but model {model.name!r} has no head (num_classes=None)")
-        if head_values is None:
-            raise WeightFileError(f"load_head=True but {source} has no {HEAD_KERNEL} / {HEAD_BIAS}")
-        if tuple(head.kernel.shape) != head_values[0].shape or tuple(head.bias.shape) != head_values[1].shape:
-            raise WeightFileError(
-                f"head of {source} is {head_values[0].shape} but the model's is {tuple(head.kernel.shape)}; "
-                "pass num_classes equal to the checkpoint's classes, or another value for a new zero head"
-            )
-
-    for key, var in targets.items():
-        var.assign(arrays[key].astype(var.dtype))
-    if load_head:
-        head.kernel.assign(head_values[0].astype(head.kernel.dtype))
-        head.bias.assign(head_values[1].astype(head.bias.dtype))
+    if isinstance(weights, (str, os.PathLike)):
+        path = Path(weights)
+        source = str(path)
+        headers = inspect_npz(path)
+        targets, _ = _check_layout(model, headers, source, load_head)
+        values = _prepare(_read_arrays(path, headers), targets, source, model, allow_nonfinite)
+    elif isinstance(weights, Mapping):
+        source = "the weight dict"
+        arrays: dict[str, np.ndarray] = {}
+        for key, value in weights.items():
+            if not isinstance(key, str):
+                raise WeightFileError(f"{source} has the key {key!r}; keys are official names such as "
+                                      f"{ROOT_KERNEL!r}")
+            try:
+                arrays[key] = np.asarray(value)
+            except Exception as err:  # ragged lists and the like
+                raise WeightFileError(f"{source}: {key!r} is not an array ({type(err).__name__}: {err})") from err
+        headers = {key: (array.shape, array.dtype) for key, array in arrays.items()}
+        targets, _ = _check_layout(model, headers, source, load_head)
+        values = _prepare(iter(arrays.items()), targets, source, model, allow_nonfinite)
+    else:
+        raise TypeError(f"weights must be a path or a mapping of arrays, got {type(weights).__name__}")
+    for key, value in values.items():  # everything checked: nothing below can fail half-way
+        targets[key].assign(value)
 
 
 def model_to_npz_dict(model: keras.Model) -> dict[str, np.ndarray]:

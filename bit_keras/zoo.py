@@ -25,7 +25,7 @@ import fnmatch
 import os
 from dataclasses import dataclass
 
-from bit_keras.errors import UnknownModelError, WeightsUnavailableError
+from bit_keras.errors import ConfigError, UnknownModelError, WeightsUnavailableError
 from bit_keras.resnet import ARCHS, ArchSpec, register_arch
 
 DEFAULT_WEIGHTS_URL = "https://storage.googleapis.com/bit_models/"
@@ -184,10 +184,10 @@ def register_model(info: ModelInfo, *, overwrite: bool = False) -> ModelInfo:
         'my-tiny-bit'
     """
     if info.arch not in ARCHS:
-        raise ValueError(f"{info.name}: unknown architecture {info.arch!r}; register it with "
+        raise ConfigError(f"{info.name}: unknown architecture {info.arch!r}; register it with "
                          "bit_keras.register_arch first")
     if info.name in ZOO and not overwrite and ZOO[info.name] != info:
-        raise ValueError(f"a model named {info.name!r} is already registered; pass overwrite=True to replace it")
+        raise ConfigError(f"a model named {info.name!r} is already registered; pass overwrite=True to replace it")
     ZOO[info.name] = info
     return info
 

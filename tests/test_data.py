@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
+import stat
+import struct
+import threading
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,14 +28,14 @@ def _labels(ds: tf.data.Dataset) -> list[int]:
     return [int(y) for _, y in ds.as_numpy_iterator()]
 
 
-def _save(path: Path, array: np.ndarray, fmt: str | None = None, mode: str | None = None) -> Path:
+def _save(path: Path, array: np.ndarray, fmt: str | None = None, mode: str | None = None, **options: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(array)
     if mode == "P":
         im = im.convert("P", palette=Image.Palette.ADAPTIVE)  # exact colours, no dithering
     elif mode:
         im = im.convert(mode)
-    im.save(path, format=fmt)
+    im.save(path, format=fmt, **options)
     return path
 
 
@@ -369,6 +376,356 @@ def test_length_mismatch_and_bad_values(capsys: pytest.CaptureFixture[str]) -> N
         load_dataset((np.zeros((3, 4, 4, 5), np.uint8), [0, 1, 2]))
     with pytest.raises(DataError, match="labels must be N integer class indices"):
         load_dataset((images, np.full(5, 0.5)))
+
+
+# ------------------------------------------------------------------------------------------------ image files
+
+
+def _images_by_name(ds: tf.data.Dataset, folder: Path) -> dict[str, np.ndarray]:
+    """Decoded images of a one-class, flat folder, by file name (the loader keeps the sorted name order)."""
+    names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    images = [x for x, _ in ds.as_numpy_iterator()]
+    assert len(images) == len(names)
+    return dict(zip(names, images))
+
+
+def _pil_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _png(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, pixels: bytes = b"") -> bytes:
+    """A hand-made PNG (any header, even one PIL refuses to write)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b"")
+
+
+def test_every_8bit_format_decodes_exactly_like_pil(tmp_path: Path) -> None:
+    """Whichever decoder the scan picks (TensorFlow's or PIL), the pixels are PIL's, for every mode."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    cls = tmp_path / "d" / "c"
+    _save(cls / "jpeg_rgb.jpg", noise, "JPEG")
+    _save(cls / "jpeg_444.jpg", noise, "JPEG", quality=95, subsampling=0)
+    _save(cls / "jpeg_l.jpg", noise, "JPEG", mode="L")
+    _save(cls / "jpeg_progressive.jpg", noise, "JPEG", progressive=True)
+    _save(cls / "jpeg_cmyk.jpg", noise, "JPEG", mode="CMYK")
+    _save(cls / "png_rgb.png", noise)
+    _save(cls / "png_l.png", noise, mode="L")
+    _save(cls / "png_p.png", noise, mode="P")
+    _save(cls / "png_p_transparent.png", noise, mode="P", transparency=3)
+    _save(cls / "png_la.png", noise, mode="LA")
+    _save(cls / "png_rgba.png", noise, mode="RGBA")
+    _save(cls / "png_1bit.png", noise, mode="1")
+    _save(cls / "gif.gif", noise, "GIF")
+    _save(cls / "gif_l.gif", noise, "GIF", mode="L")
+    _save(cls / "gif_transparent.gif", noise, "GIF", mode="P", transparency=0)
+    _save(cls / "bmp.bmp", noise, "BMP")
+    _save(cls / "tiff_cmyk.tif", noise, "TIFF", mode="CMYK")
+    _save(cls / "webp.webp", noise, "WEBP")
+    _save(cls / "ppm.ppm", noise, "PPM")
+    _save(cls / "png_named.jpg", noise, "PNG")  # the extension lies: the content decides
+    _save(cls / "jpeg_named.png", noise, "JPEG")
+    _save(cls / "one_pixel.png", noise[:1, :1])
+    red, blue = _solid(10, 12, (220, 20, 20)), _solid(10, 12, (20, 20, 220))
+    Image.fromarray(red).save(cls / "animated.gif", save_all=True, append_images=[Image.fromarray(blue)])
+    ds, info = load_dataset(tmp_path / "d")
+    assert info.skipped == [] and info.num_examples == 23
+    got = _images_by_name(ds, cls)
+    for name, image in got.items():
+        np.testing.assert_array_equal(image, _pil_rgb(cls / name), err_msg=name)
+    assert got["one_pixel.png"].shape == (1, 1, 3)
+    assert (got["animated.gif"] == (220, 20, 20)).all()  # the first frame
+    np.testing.assert_array_equal(got["png_named.jpg"], noise)
+    assert got["jpeg_named.png"].shape == noise.shape
+
+
+RAMP16 = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+
+
+def _high_depth_cases(cls: Path) -> dict[str, np.ndarray]:
+    """File name -> the 8-bit values it must decode to (gray ones repeated over 3 channels)."""
+    r = RAMP16.astype(np.float64)
+    by_257 = np.round(r / 257).astype(np.uint8)
+    Image.fromarray(RAMP16).save(cls / "gray16.png")  # PIL mode I;16
+    Image.fromarray(RAMP16).save(cls / "gray16_named.jpg", format="PNG")
+    Image.fromarray(RAMP16).save(cls / "gray16.tif")  # I;16
+    Image.fromarray(RAMP16.astype(">u2")).save(cls / "gray16b.tif")  # I;16B
+    Image.fromarray(RAMP16.astype(np.int32)).save(cls / "int32_16bit_range.tif")  # I, values in [0, 65535]
+    wide = np.linspace(-(2**31), 2**31 - 1, 65536).astype(np.int32).reshape(256, 256)
+    Image.fromarray(wide).save(cls / "int32_wide.tif")  # I, negative and huge: min-max
+    unit = (r / 65535).astype(np.float32)
+    Image.fromarray(unit).save(cls / "float_unit.tif")  # F in [0, 1]
+    Image.fromarray((unit * 25 - 5).astype(np.float32)).save(cls / "float_wide.tif")  # F in [-5, 20]: min-max
+    rgb16 = np.stack([RAMP16, 65535 - RAMP16, RAMP16 // 2], axis=-1)
+    (cls / "rgb16.png").write_bytes(tf.io.encode_png(rgb16).numpy())
+    (cls / "rgba16.png").write_bytes(tf.io.encode_png(np.concatenate([rgb16, rgb16[..., :1]], -1)).numpy())
+    gray = lambda a: np.repeat(a[..., None], 3, axis=-1)  # noqa: E731
+    wide_f = wide.astype(np.float64)
+    stretch = lambda a: np.round((a - a.min()) * 255 / (a.max() - a.min())).astype(np.uint8)  # noqa: E731
+    f_wide = (unit * 25 - 5).astype(np.float32).astype(np.float64)
+    return {
+        "gray16.png": gray(by_257),
+        "gray16_named.jpg": gray(by_257),
+        "gray16.tif": gray(by_257),
+        "gray16b.tif": gray(by_257),
+        "int32_16bit_range.tif": gray(by_257),
+        "int32_wide.tif": gray(stretch(wide_f)),
+        "float_unit.tif": gray(np.round(unit.astype(np.float64) * 255).astype(np.uint8)),
+        "float_wide.tif": gray(stretch(f_wide)),
+        "rgb16.png": np.round(rgb16 / 257).astype(np.uint8),
+        "rgba16.png": np.round(rgb16 / 257).astype(np.uint8),
+    }
+
+
+def test_high_bit_depths_scaled_to_8_bits_never_clipped(tmp_path: Path) -> None:
+    cls = tmp_path / "d" / "c"
+    cls.mkdir(parents=True)
+    expected = _high_depth_cases(cls)
+    ds, info = load_dataset(tmp_path / "d")
+    assert info.skipped == [] and info.num_examples == len(expected)
+    got = _images_by_name(ds, cls)
+    for name, want in expected.items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+        ramp = got[name][..., 0].reshape(-1)
+        assert ramp.min() == 0 and ramp.max() == 255, name
+        assert (np.diff(ramp.astype(int)) >= 0).all(), name  # monotonic along the ramp
+        assert (ramp == 255).mean() < 0.01, name  # scaled, not clipped at 255
+    assert (np.diff(got["rgb16.png"][..., 1].reshape(-1).astype(int)) <= 0).all()  # the falling channel too
+
+
+def _write_bad_files(cls: Path) -> dict[str, str]:
+    """Bad files of several kinds -> the start of the reason each must be reported with."""
+    noise = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    reasons = {}
+    for fmt, ext in [("JPEG", "jpg"), ("PNG", "png"), ("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tif")]:
+        data = _save(cls / f"whole.{ext}", noise, fmt).read_bytes()
+        (cls / f"whole.{ext}").unlink()
+        (cls / f"truncated.{ext}").write_bytes(data[: len(data) // 2])
+        reasons[f"truncated.{ext}"] = "truncated"
+    (cls / "zero_bytes.jpg").write_bytes(b"")
+    reasons["zero_bytes.jpg"] = "empty file (0 bytes)"
+    (cls / "text.jpg").write_text("this is not a JPEG")
+    reasons["text.jpg"] = "not an image file"
+    (cls / "zero_size.png").write_bytes(_png(0, 0))
+    reasons["zero_size.png"] = "not an image file"
+    return reasons
+
+
+def test_bad_images_named_up_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "d"
+    bad = _write_bad_files(root / "a")
+    for i in range(3):
+        _save(root / "a" / f"good{i}.png", _solid(6, 6, (i, i, i)))
+        _save(root / "b" / f"good{i}.jpg", _solid(6, 6, (i, i, i)), "JPEG")
+    with pytest.raises(DataError) as err:
+        load_dataset(root)  # raised here, while loading: before any training step
+    msg = str(err.value)
+    assert f"{len(bad)} bad image file(s) in {root}" in msg and "strict=False" in msg
+    for name, why in bad.items():
+        assert f"{root / 'a' / name} ({why}" in msg
+    ds, info = load_dataset(root, strict=False)
+    assert {os.path.basename(p): why for p, why in info.skipped}.keys() == bad.keys()
+    for item, why in info.skipped:
+        assert why.startswith(bad[os.path.basename(item)]), (item, why)
+    assert info.num_examples == 6 == len(_labels(ds))  # the rest decodes, nothing else dropped
+    out = capsys.readouterr().out
+    assert f"skipped {len(bad)} of {len(bad) + 6} images: {info.skipped[0][0]} ({info.skipped[0][1]})" in out
+    assert f"({len(bad)} in all, listed in info.skipped)" in out
+    record = info.skipped_record()
+    assert record["skipped"] == len(bad)
+    assert [r["item"] for r in record["skipped_items"]] == [p for p, _ in info.skipped]
+
+
+def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d"
+    _save(root / "a" / "small.png", _solid(8, 8, (1, 2, 3)))  # 64 pixels: fine
+    _save(root / "a" / "bomb.png", _solid(32, 32, (1, 2, 3)))  # 1024 pixels: over 2 x 100
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match=r"bomb\.png \(decompression bomb: 1024 pixels, over PIL's limit of 200"):
+        load_dataset(root)
+    ds, info = load_dataset(root, strict=False)
+    assert [os.path.basename(p) for p, _ in info.skipped] == ["bomb.png"] and len(_labels(ds)) == 1
+
+
+def test_class_with_only_bad_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "d"
+    (root / "broken").mkdir(parents=True)
+    (root / "broken" / "1.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (root / "broken" / "2.png").write_bytes(b"")
+    _save(root / "fine" / "1.png", _solid(6, 6, (9, 9, 9)))
+    _save(root / "other" / "1.png", _solid(6, 6, (7, 7, 7)))
+    with pytest.raises(DataError, match=r"2 bad image file\(s\).*broken/1\.jpg \(truncated .*broken/2\.png \(empty"):
+        load_dataset(root)
+    ds, info = load_dataset(root, strict=False)
+    assert info.class_names == ["fine", "other"] and sorted(_labels(ds)) == [0, 1]
+    assert info.skipped[-1] == (str(root / "broken"), "no readable images: class dropped")
+    assert "skipped 2 of 4 images and 1 class folder(s)" in capsys.readouterr().out
+
+
+def test_only_regular_files_are_opened_and_nothing_hangs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d"
+    cat = root / "cat"
+    _save(cat / "1.png", _solid(6, 6, (200, 0, 0)))
+    _save(tmp_path / "elsewhere" / "2.png", _solid(6, 6, (0, 200, 0)))
+    (cat / "2.png").symlink_to(tmp_path / "elsewhere" / "2.png")  # symlink to an image: used
+    fifo = cat / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(cat / "sock.png"))
+    (cat / "null.jpg").symlink_to(os.devnull)  # a device, through a symlink
+    (cat / "broken.jpg").symlink_to(cat / "missing.jpg")
+    (cat / "dir.jpg").mkdir()  # a folder named like an image: a (here empty) nested folder
+    _save(cat / "nested.png" / "3.png", _solid(6, 6, (0, 0, 200)))
+    (cat / "loop").symlink_to(cat, target_is_directory=True)  # a symlink loop: walked once
+    _save(root / "dog" / "1.png", _solid(6, 6, (9, 9, 9)))
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(os.fspath(path)) or real_open(path, *a, **k))
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(load_dataset(root)), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    if worker.is_alive():  # release a reader blocked on the FIFO before failing
+        os.close(real_open(fifo, os.O_RDWR | os.O_NONBLOCK))
+        pytest.fail("load_dataset hung on a special file")
+    sock.close()
+    ds, info = result[0]
+    assert info.skipped == [] and info.num_examples == 4 and info.class_names == ["cat", "dog"]
+    opened_here = sorted(os.path.basename(p) for p in opened if p.startswith(str(root)))
+    assert opened_here == ["1.png", "1.png", "2.png", "3.png"]  # no FIFO, socket, device, broken link, folder
+    colours = sorted(tuple(x[0, 0]) for x, _ in ds.as_numpy_iterator())
+    assert colours == [(0, 0, 200), (0, 200, 0), (9, 9, 9), (200, 0, 0)]
+
+
+def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d"
+    _save(root / "a" / "ok.png", _solid(6, 6, (1, 1, 1)))
+    locked = _save(root / "a" / "locked.png", _solid(6, 6, (1, 1, 1)))
+    locked.chmod(0)  # stops reads unless the tests run as root: the open is refused below in any case
+    real_open = os.open
+
+    def refusing_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(DataError, match=r"locked\.png \(cannot read it: permission denied\)"):
+        load_dataset(root)
+    ds, info = load_dataset(root, strict=False)
+    assert info.skipped == [(str(locked), "cannot read it: permission denied")] and len(_labels(ds)) == 1
+    locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_unlistable_sub_folder_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "d"
+    _save(root / "a" / "1.png", _solid(6, 6, (1, 1, 1)))
+    _save(root / "a" / "private" / "2.png", _solid(6, 6, (1, 1, 1)))
+    real_scandir = os.scandir
+
+    def refusing_scandir(path: Any = ".") -> Any:
+        if os.fspath(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    with pytest.raises(DataError, match=r"private \(cannot list this folder: Permission denied\)"):
+        load_dataset(root)
+    _, info = load_dataset(root, strict=False)
+    assert info.num_examples == 1 and info.skipped[0][0] == str(root / "a" / "private")
+
+
+def test_file_names_with_any_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = os.fsencode(tmp_path / "d")
+    weird_class, odd_class = b"caf\xe9 \xff", "ünï cödé\nclass".encode()  # not UTF-8; UTF-8 with a newline
+    for cls in (weird_class, odd_class):
+        os.makedirs(os.path.join(root, cls))
+    png = _save(tmp_path / "x.png", _solid(6, 6, (50, 60, 70))).read_bytes()
+    bmp = _save(tmp_path / "x.bmp", _solid(6, 6, (80, 90, 100)), "BMP").read_bytes()  # PIL-decoded
+    files = {
+        os.path.join(root, weird_class, b"\xfe name.png"): png,
+        os.path.join(root, weird_class, b"bmp \x80.bmp"): bmp,
+        os.path.join(root, odd_class, "ça\tva\n.png".encode()): png,
+    }
+    for path, data in files.items():
+        with open(path, "wb") as f:
+            f.write(data)
+    ds, info = load_dataset(root)  # bytes root; str below
+    assert info.class_names == ["caf\\xe9 \\xff", "ünï cödé\\nclass"]
+    assert sorted(tuple(x[0, 0]) for x, _ in ds.as_numpy_iterator()) == [(50, 60, 70), (50, 60, 70), (80, 90, 100)]
+    bad = os.path.join(root, weird_class, b"broken \xff\n.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"not a jpeg")
+    with pytest.raises(DataError) as err:
+        load_dataset(os.fsdecode(root))
+    shown = os.fsdecode(bad).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    assert shown.replace("\n", "\\n") + " (not an image file)" in str(err.value)
+    str(err.value).encode("utf-8")  # printable: no surrogates left
+    ds, info = load_dataset(os.fsdecode(root), strict=False)
+    assert len(_labels(ds)) == 3 and info.skipped[0][0].endswith("caf\\xe9 \\xff/broken \\xff\\n.jpg")
+    print(info.skipped, info.class_names, info.source)
+    json.dumps(info.skipped_record(), ensure_ascii=False).encode("utf-8")
+    assert "broken \\xff\\n.jpg (not an image file)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, fmt", [("a.jpg", "JPEG"), ("a.png", "PNG"), ("a.bmp", "BMP"), ("a.gif", "GIF")])
+def test_file_changed_after_loading_is_named_by_the_pipeline(tmp_path: Path, name: str, fmt: str) -> None:
+    root = tmp_path / "d"
+    noise = np.random.default_rng(2).integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    path = _save(root / "c" / name, noise, fmt)
+    _save(root / "c" / "b.png", noise)
+    _save(root / "c" / "c.png", noise)
+    ds, info = load_dataset(root)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated after the up-front check
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image file {re.escape(str(root / 'c' / name))}: .*Fix: remove or"):
+        list(ds.as_numpy_iterator())
+    path.unlink()  # gone
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image file {re.escape(str(root / 'c' / name))}: "):
+        list(ds.as_numpy_iterator())
+    path.write_bytes(data)  # back: decodes again
+    assert len(list(ds.as_numpy_iterator())) == 3 == info.num_examples
+
+
+def test_last_file_changed_after_loading_is_named(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    _save(root / "c" / "a.png", _solid(6, 6, (1, 1, 1)))
+    last = _save(root / "c" / "z.jpg", _solid(6, 6, (1, 1, 1)), "JPEG")
+    ds, _ = load_dataset(root)
+    last.write_bytes(b"gone bad")
+    assert int(ds.cardinality()) == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"image file {re.escape(str(last))}: could not be decoded now"):
+        list(ds.as_numpy_iterator())
+
+
+def test_skipped_record_is_capped() -> None:
+    info = DatasetInfo(1, 1, (4, 4), skipped=[(f"example {i}", "negative label") for i in range(1500)])
+    record = info.skipped_record()
+    assert record["skipped"] == 1500 and len(record["skipped_items"]) == 1000
+    assert record["skipped_items"][999] == {"item": "example 999", "reason": "negative label"}
+    assert info.skipped_record(limit=2)["skipped_items"][-1]["item"] == "example 1"
+
+
+def test_transfer_records_skipped_images(tmp_path: Path) -> None:
+    from bit_keras.transfer import transfer
+
+    root = tmp_path / "d"
+    for c, rgb in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+        for i in range(4):
+            _save(root / c / f"{i}.png", _solid(12, 12, rgb))
+    noise = _save(tmp_path / "noise.png", np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8))
+    (root / "b" / "cut.png").write_bytes(noise.read_bytes()[:2000])
+    transfer("BiT-tiny", root, weights=None, strict=False, steps=1, batch_size=4, resize=12, crop=8,
+             output_dir=tmp_path / "run", progress=False)
+    dataset = json.loads((tmp_path / "run" / "hyperparams.json").read_text())["dataset"]
+    assert dataset["skipped"] == 1
+    [item] = dataset["skipped_items"]
+    assert item["item"] == str(root / "b" / "cut.png") and item["reason"].startswith("truncated")
 
 
 # ------------------------------------------------------------------------------------------------ mixup

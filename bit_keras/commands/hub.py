@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bit_keras.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -67,11 +69,6 @@ def _registry_arg(p: argparse.ArgumentParser) -> None:
                    help="registry root (default: $BIT_KERAS_REGISTRY or <bit_keras cache>/registry)")
 
 
-def _fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
-
-
 def _load_model(args: argparse.Namespace):
     import keras
 
@@ -80,9 +77,9 @@ def _load_model(args: argparse.Namespace):
     path = Path(args.model).expanduser()
     if path.suffix == ".keras":
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such .keras file")
+            raise ConfigError(f"{path}: no such .keras file; pass a zoo name (bit-keras list) or an existing .keras file")
         if args.weights:
-            raise ValueError("--weights applies to zoo names; a .keras file carries its own weights")
+            raise ConfigError("--weights applies to zoo names; a .keras file carries its own weights")
         return keras.saving.load_model(path)
     info = bit_keras.get_model_info(args.model)
     if args.weights is None:
@@ -93,23 +90,20 @@ def _load_model(args: argparse.Namespace):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hub_export.export import ExportError, export
-    from hub_export.registry import Registry, RegistryError
+    from hub_export.export import export
+    from hub_export.registry import Registry
 
     registry = Registry(args.registry)
+    registry.ensure_available(args.handle)  # fail before the (slow) export
+    model = _load_model(args)
+    registry.root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.root))
     try:
-        registry.ensure_available(args.handle)  # fail before the (slow) export
-        model = _load_model(args)
-        registry.root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.root))
-        try:
-            exported = export(model, scratch / "model", kind="classifier" if args.classifier else "feature_vector",
-                              fold_standardization=args.fold, labels=args.labels)
-            path = registry.publish(exported, args.handle)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    except (RegistryError, ExportError, ValueError, OSError) as e:
-        return _fail(str(e))
+        exported = export(model, scratch / "model", kind="classifier" if args.classifier else "feature_vector",
+                          fold_standardization=args.fold, labels=args.labels)
+        path = registry.publish(exported, args.handle)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"published {args.handle} -> {path}")
     return 0
 
@@ -130,12 +124,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from hub_export.registry import Registry, RegistryError
+    from hub_export.registry import Registry
 
-    try:
-        print(json.dumps(Registry(args.registry).show(args.handle), indent=2))
-    except RegistryError as e:
-        return _fail(str(e))
+    print(json.dumps(Registry(args.registry).show(args.handle), indent=2))
     return 0
 
 
@@ -163,7 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         server = RegistryServer(args.registry, args.host, args.port)
     except OSError as e:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {e}; choose another --port")
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e}; choose another --port") from e
     print(f"serving registry {server.registry.root} at {server.url}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
@@ -175,11 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    from hub_export.registry import Registry, RegistryError
+    from hub_export.registry import Registry
 
-    try:
-        Registry(args.registry).remove(args.handle)
-    except RegistryError as e:
-        return _fail(str(e))
+    Registry(args.registry).remove(args.handle)
     print(f"removed {args.handle}")
     return 0
