@@ -498,7 +498,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: Any, *, split: str = "test
         >>> evaluate_run("/no/such/run", "cifar10")
         Traceback (most recent call last):
         ...
-        FileNotFoundError: /no/such/run/model.keras does not exist: pass the output_dir of a finished transfer run
+        bit_keras.errors.MissingFileError: /no/such/run/model.keras does not exist: pass the output_dir of a finished transfer run
     """
     run_dir = Path(run_dir)
     model_path = run_dir / MODEL_FILE

@@ -6,7 +6,6 @@ real ``tensorflow_hub`` client are exercised in ``test_hub_export.py``.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import http.client
@@ -23,7 +22,6 @@ from pathlib import Path
 import pytest
 
 import hub_export
-from bit_keras.commands import hub as hub_cmd
 from hub_export import (
     HandleNotFoundError,
     InvalidHandleError,
@@ -363,10 +361,9 @@ def test_urllib_404_message(server) -> None:
 
 
 def cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bit-keras")
-    hub_cmd.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from bit_keras.cli import main
+
+    return main(argv)
 
 
 def test_cli_registry_commands(published: Registry, capsys: pytest.CaptureFixture) -> None:
