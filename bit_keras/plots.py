@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bit_keras.atomic import atomic_path
 from bit_keras.errors import MissingFileError
 
 
@@ -28,11 +29,11 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    _pyplot().close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        _pyplot().close(fig)
     return path
 
 

@@ -86,7 +86,7 @@ NB01 = [
         import numpy as np
 
         import bit_keras
-        from bit_keras.zoo import get_model_info, register_model
+        from bit_keras.models.presets import get_model_info, register_model
 
         MODEL = "BiT-tiny-ILSVRC2012-smoke"
         register_model(dataclasses.replace(
@@ -225,7 +225,7 @@ NB01 = [
 
     Pass `trainable=True` to fine-tune: `hub.KerasLayer` defaults to a frozen layer, which is why the official TF2
     BiT colab trains only the head (a linear probe, not BiT's fine-tuning). Keras 3 users load the same SavedModel
-    with `bit_keras.hub.load_layer`, and a registry + HTTP server publishes it under a handle: see notebook 03.
+    with `hub_export.load.load_layer`, and a registry + HTTP server publishes it under a handle: see notebook 03.
     """),
     code('''
     import hub_export
@@ -273,7 +273,7 @@ NB02 = [
     md("""
     # 02 · Fine-tune BiT with the BiT-HyperRule
 
-    `bit_keras.transfer.transfer()` fine-tunes a BiT model on a new dataset in one call: it loads the data (a
+    `bit_keras.recipes.transfer.transfer()` fine-tunes a BiT model on a new dataset in one call: it loads the data (a
     tensorflow-datasets name here; folders, arrays and `tf.data` work too), optionally draws a few-shot subset,
     picks resolution, schedule and mixup with the **BiT-HyperRule** from the dataset's size and image size, and
     trains the whole network (SGD momentum 0.9, base lr 0.003, batch 512, linear warm-up then decays by 10,
@@ -307,9 +307,9 @@ NB02 = [
     from IPython.display import Image, display
 
     import bit_keras
-    from bit_keras.hyperrule import hyperparams_for
+    from bit_keras.recipes.hyperrule import hyperparams_for
     from bit_keras.plots import plot_run
-    from bit_keras.transfer import evaluate, evaluate_run, transfer
+    from bit_keras.recipes.transfer import evaluate, evaluate_run, transfer
 
     {SMOKE_SWITCH}
     RUN_FULL_CIFAR10 = False  # the 10,000-step full CIFAR-10 run (hours on one GPU); smoke mode runs it tiny
@@ -490,12 +490,12 @@ NB03 = [
     The whole BiT story at toy scale, on a CPU, with no downloads:
 
     1. **Upstream**: pre-train the 0.5M-parameter `BiT-tiny` with the BiT upstream recipe
-       (`bit_keras.pretrain.pretrain`, preset `"tiny"`) on scikit-learn's real handwritten digits 0-4, each also
+       (`bit_keras.recipes.pretrain.pretrain`, preset `"tiny"`) on scikit-learn's real handwritten digits 0-4, each also
        rotated by 90/180/270 degrees as classes of their own (20 classes: size and variety upstream, as BiT gets
        from ImageNet-21k).
     2. **Publish**: export the backbone as a TF Hub-style Reusable SavedModel into a versioned registry.
     3. **Serve**: the registry over HTTP (`hub_export.serve`), so that models load by handle as from tfhub.dev:
-       `hub.KerasLayer(url)` for tf-keras users, `bit_keras.hub.load_layer(url or handle)` for Keras 3.
+       `hub.KerasLayer(url)` for tf-keras users, `hub_export.load.load_layer(url or handle)` for Keras 3.
     4. **Downstream**: fine-tune on the held-out digits 5-9 from 1 and 5 examples per class with `transfer()`,
        from the served handle, from the upstream weights, and from scratch.
 
@@ -529,7 +529,7 @@ NB03 = [
     md("""
     ## 1. The data
 
-    `bit_keras.demo_data.load_digits_split` splits scikit-learn's 1,797 8x8 digits (bundled with scikit-learn, no
+    `bit_keras.data.digits.load_digits_split` splits scikit-learn's 1,797 8x8 digits (bundled with scikit-learn, no
     download): digits 0-4 (x 4 rotations) upstream; digits 5-9 downstream, half a pool to draw few-shot training
     sets from, half a fixed test set. Images are upscaled to 32x32 uint8 RGB.
     """),
@@ -537,7 +537,7 @@ NB03 = [
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from bit_keras.demo_data import load_digits_split
+    from bit_keras.data.digits import load_digits_split
 
     data = load_digits_split(size=32)
     print("upstream:", data.upstream_images.shape, data.num_upstream_classes, "classes")
@@ -561,7 +561,7 @@ NB03 = [
     and with `export_handle=` a SavedModel published in the registry (`hub_export.Registry`).
     """),
     code('''
-    from bit_keras.pretrain import pretrain
+    from bit_keras.recipes.pretrain import pretrain
 
     upstream = pretrain(
         "BiT-tiny", (data.upstream_images, data.upstream_labels), preset="tiny", output_dir=WORK / "upstream",
@@ -626,7 +626,7 @@ NB03 = [
     print("cached under", sorted(p.name for p in Path(os.environ["TFHUB_CACHE_DIR"]).iterdir()))
     '''),
     md("""
-    ### Keras 3: `bit_keras.hub.load_layer(url or handle)`
+    ### Keras 3: `hub_export.load.load_layer(url or handle)`
 
     `load_layer` takes the same URL (through `tensorflow_hub`'s cache), a SavedModel folder, or a registry handle
     (looked up in `registry=`, else `$BIT_KERAS_REGISTRY`). It returns a Keras 3 layer that trains with any
@@ -635,7 +635,7 @@ NB03 = [
     code('''
     import keras
 
-    from bit_keras.hub import load_layer
+    from hub_export.load import load_layer
 
     by_url = load_layer(url, trainable=True)
     by_handle = load_layer(HANDLE, registry=REGISTRY)
@@ -659,7 +659,7 @@ NB03 = [
     digit from the pool; the test set is fixed.
     """),
     code('''
-    from bit_keras.transfer import transfer
+    from bit_keras.recipes.transfer import transfer
 
     pool = (data.downstream_pool_images, data.downstream_pool_labels)
     test = (data.downstream_test_images, data.downstream_test_labels)

@@ -2,7 +2,7 @@
 
 * :func:`export`: a bit_keras model -> a TF2 Reusable SavedModel (input float32 RGB in [0, 1], NHWC,
   any resolution) that ``hub.KerasLayer(path, trainable=True)`` (tf-keras) and
-  ``bit_keras.hub.load_layer`` (Keras 3) fine-tune.
+  ``hub_export.load.load_layer`` (Keras 3) fine-tune.
 * :class:`Registry`: a directory tree ``<root>/<publisher>/<name>/<variant>/<version>/`` of SavedModels with
   checksummed ``metadata.json``; atomic, never-overwriting publish; list, show, verify, remove.
 * :func:`serve`: that registry over HTTP, so that ``hub.load("http://host:port/<handle>")`` works.
@@ -17,29 +17,41 @@ Example:
     ['me/tiny-bit/feature-vector/1']
 """
 
-from hub_export.export import ExportError, export, fold_weight_standardization
-from hub_export.registry import (
-    HandleNotFoundError,
-    InvalidHandleError,
-    Registry,
-    RegistryError,
-    VersionExistsError,
-    default_root,
-    parse_handle,
-)
-from hub_export.server import RegistryServer, serve
+from __future__ import annotations
 
-__all__ = [
-    "ExportError",
-    "HandleNotFoundError",
-    "InvalidHandleError",
-    "Registry",
-    "RegistryError",
-    "RegistryServer",
-    "VersionExistsError",
-    "default_root",
-    "export",
-    "fold_weight_standardization",
-    "parse_handle",
-    "serve",
-]
+import importlib
+from typing import Any
+
+# Public name -> its module, imported on first use: the registry and its server need no TensorFlow.
+_LAZY: dict[str, str] = {
+    "ExportError": "bit_keras.errors",
+    "export": "hub_export.export",
+    "fold_weight_standardization": "hub_export.export",
+    "HandleNotFoundError": "hub_export.registry",
+    "InvalidHandleError": "hub_export.registry",
+    "Registry": "hub_export.registry",
+    "RegistryError": "hub_export.registry",
+    "VersionExistsError": "hub_export.registry",
+    "default_root": "hub_export.registry",
+    "parse_handle": "hub_export.registry",
+    "RegistryServer": "hub_export.server",
+    "serve": "hub_export.server",
+    "SavedModelLayer": "hub_export.load",
+    "is_handle": "hub_export.load",
+    "load_layer": "hub_export.load",
+    "resolve": "hub_export.load",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hub_export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -6,7 +6,7 @@ The SavedModel takes float32 RGB images in [0, 1], NHWC, any resolution, and has
   (``hub.KerasLayer(path, trainable=True)`` fine-tunes it in a tf-keras model);
 * ``variables``, ``trainable_variables`` and ``regularization_losses`` (zero-argument functions);
 * endpoints ``serve(images)`` and ``call_training(images)`` (``keras.layers.TFSMLayer`` /
-  ``bit_keras.hub.load_layer`` use them), ``serve`` also as the ``serving_default`` signature;
+  ``hub_export.load.load_layer`` use them), ``serve`` also as the ``serving_default`` signature;
 * ``labels.txt`` as an asset (``obj.labels_file``) for classifiers whose label names are given or known;
 * ``metadata.json`` beside ``saved_model.pb``: architecture, upstream data, classes, input spec, parameters.
 
@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,15 +36,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bit_keras.errors import ExportError
+from bit_keras.atomic import atomic_path
+from bit_keras.errors import ExportError, WeightFileError
+from bit_keras.models.layers import StandardizedConv2D, standardize_kernel
+from bit_keras.models.policy import dtype_policy
+from bit_keras.models.presets import ModelInfo, get_model_info
+from bit_keras.models.resnet import PRE_LOGITS_NAME, model_input_range, resnet_v2
+from bit_keras.models.spec import ARCHS, ArchSpec, get_arch
+from bit_keras.models.weights import head_layer, model_spec
 
-__all__ = ["ExportError", "LABELS_FILE", "METADATA_FILE", "export", "fold_weight_standardization", "model_input_range"]
+__all__ = ["ExportError", "LABELS_FILE", "METADATA_FILE", "export", "fold_weight_standardization"]
 
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.txt"
 KINDS = ("feature_vector", "classifier")
-RESCALE_LAYER = "rescale_to_bit_range"
-PRE_LOGITS = "pre_logits"
+PRE_LOGITS = PRE_LOGITS_NAME
 HEAD = "head"
 FOLDED_TRAINING_ERROR = (
     "this SavedModel was exported with fold_standardization=True: it is serving-only (standardized "
@@ -58,50 +62,23 @@ FOLDED_TRAINING_ERROR = (
 # --------------------------------------------------------------------------- model inspection
 
 
-def model_input_range(model: keras.Model) -> tuple[float, float]:
-    """The input range a BiT model expects, read from its ``rescale_to_bit_range`` layer.
-
-    A model without that layer takes BiT's raw [-1, 1] range (``resnet_v2(input_range=(-1, 1))``).
-
-    Example:
-        >>> import bit_keras
-        >>> model_input_range(bit_keras.resnet_v2((1, 1, 1, 1), 0.25, groups=8, input_range=(0, 255)))
-        (0.0, 255.0)
-    """
+def _spec_of(model: keras.Model, arch: ArchSpec | str | None) -> ArchSpec:
+    """The architecture of ``model``: ``arch`` when given (checked against the model), else read from its weights."""
     try:
-        layer = model.get_layer(RESCALE_LAYER)
-    except ValueError:
-        return (-1.0, 1.0)
-    scale, offset = float(layer.scale), float(layer.offset)
-    lo = (-1.0 - offset) / scale
-    return (round(lo, 6), round(lo + 2.0 / scale, 6))
+        found = model_spec(model)
+    except WeightFileError as err:
+        raise ExportError(f"model {model.name!r} is not a BiT ResNet-v2 built by bit_keras ({err}); export a model "
+                          "from bit_keras.create_model / resnet_v2 / transfer") from err
+    if arch is None:
+        return found
+    given = get_arch(arch)
+    if given != found:
+        raise ExportError(f"arch={given.describe()} does not match the model, which is a {found.describe()} network")
+    return given
 
 
-def _architecture(model: keras.Model) -> dict[str, Any]:
-    """Depths, width and (where it matches) the zoo architecture name of a BiT ResNet-v2."""
-    from bit_keras.resnet import ARCHS
-
-    names = [layer.name for layer in model.layers]
-    depths = []
-    for b in range(1, 5):
-        depths.append(len({n.split(".")[1] for n in names if n.startswith(f"block{b}.unit")}))
-    try:
-        width = model.get_layer("root_block.standardized_conv2d").filters / 64
-    except ValueError:
-        return {"family": "unknown", "keras_model": model.name}
-    arch = next((k for k, s in ARCHS.items() if list(s.depths) == depths and s.width == width), None)
-    return {"family": "BiT ResNet-v2 (GroupNorm + weight-standardized convolutions)", "arch": arch,
-            "depths": depths, "width": width, "keras_model": model.name}
-
-
-def _zoo_entry(model: keras.Model):
-    """The zoo entry whose ``create_model`` name is ``model.name`` (``bit_m_r50x1``), or None."""
-    from bit_keras.zoo import ZOO
-
-    for info in ZOO.values():
-        if info.name.lower().replace("-", "_") == model.name:
-            return info
-    return None
+def _preset(preset: ModelInfo | str | None) -> ModelInfo | None:
+    return get_model_info(preset) if isinstance(preset, str) else preset
 
 
 def _select_outputs(model: keras.Model, kind: str) -> keras.Model:
@@ -127,9 +104,12 @@ def _select_outputs(model: keras.Model, kind: str) -> keras.Model:
     return keras.Model(model.input, pre_logits, name=model.name)
 
 
-def fold_weight_standardization(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` with every ``StandardizedConv2D`` replaced by a plain ``Conv2D`` whose kernel
-    is the standardized kernel (serving only: training it would no longer standardize).
+def fold_weight_standardization(model: keras.Model, arch: ArchSpec | str | None = None) -> keras.Model:
+    """The same network built with plain ``Conv2D`` layers whose kernels are the standardized kernels.
+
+    The serving form: the same outputs with no weight standardization per call (training it would no longer
+    standardize). Built by :func:`bit_keras.models.resnet.resnet_v2` with ``conv_layer=keras.layers.Conv2D``
+    from the model's architecture (``arch``, else read from its weights), under the model's dtype policy.
 
     Example:
         >>> import numpy as np, bit_keras
@@ -138,23 +118,18 @@ def fold_weight_standardization(model: keras.Model) -> keras.Model:
         >>> bool(np.allclose(model(x), fold_weight_standardization(model)(x), atol=1e-5))
         True
     """
-    from bit_keras.layers import StandardizedConv2D, standardize_kernel
-
-    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, StandardizedConv2D):
-            config = layer.get_config()
-            config.pop("epsilon")
-            config["dtype"] = layer.dtype_policy
-            return keras.layers.Conv2D.from_config({**config, "use_bias": False})
-        return layer.__class__.from_config(layer.get_config())
-
-    folded = keras.models.clone_model(model, clone_function=clone)
+    head = head_layer(model)
+    with dtype_policy(model.dtype_policy.name):
+        folded = resnet_v2(_spec_of(model, arch), num_classes=head.units if head is not None else None,
+                           input_range=model_input_range(model), conv_layer=keras.layers.Conv2D, name=model.name)
     for layer in folded.layers:
+        if not layer.weights:
+            continue
         source = model.get_layer(layer.name)
         if isinstance(source, StandardizedConv2D):
             kernel = tf.cast(source.kernel.value, tf.float32)
             layer.set_weights([np.asarray(standardize_kernel(kernel, source.epsilon))])
-        elif source.weights:
+        else:
             layer.set_weights(source.get_weights())
     return folded
 
@@ -225,10 +200,9 @@ class _ReusableModule(tf.Module):
 # --------------------------------------------------------------------------- export
 
 
-def _labels_for(model: keras.Model, kind: str, labels: Sequence[str] | str | os.PathLike | None,
+def _labels_for(info: ModelInfo | None, kind: str, labels: Sequence[str] | str | os.PathLike | None,
                 num_classes: int) -> list[str] | None:
     if labels is None:
-        info = _zoo_entry(model)
         labels = info.labels if info is not None and kind == "classifier" else None
         if labels is None:
             return None
@@ -246,18 +220,20 @@ def _labels_for(model: keras.Model, kind: str, labels: Sequence[str] | str | os.
     return labels
 
 
-def _metadata(model: keras.Model, exported: keras.Model, kind: str, fold: bool, labels: list[str] | None,
-              input_range: tuple[float, float], extra: Mapping[str, Any] | None) -> dict[str, Any]:
+def _metadata(spec: ArchSpec, info: ModelInfo | None, exported: keras.Model, kind: str, fold: bool,
+              labels: list[str] | None, input_range: tuple[float, float],
+              extra: Mapping[str, Any] | None) -> dict[str, Any]:
     import bit_keras
 
-    info = _zoo_entry(model)
     out_dim = int(exported.output.shape[-1])
     meta: dict[str, Any] = {
         "format": "TF2 Reusable SavedModel",
         "kind": kind,
         "fine_tunable": not fold,
         "fold_standardization": fold,
-        "architecture": _architecture(model),
+        "architecture": {"family": "BiT ResNet-v2 (GroupNorm + weight-standardized convolutions)",
+                         "arch": spec.describe() if spec.describe() in ARCHS else None, "depths": list(spec.depths),
+                         "width": spec.width, "groups": spec.groups, "keras_model": exported.name},
         "zoo_name": info.name if info else None,
         "upstream": info.upstream if info else None,
         "fine_tuned_on": info.fine_tuned_on if info else None,
@@ -268,6 +244,7 @@ def _metadata(model: keras.Model, exported: keras.Model, kind: str, fold: bool, 
                    "dtype": "float32"},
         "input": {"shape": [None, None, None, 3], "dtype": "float32", "range": [0.0, 1.0], "layout": "NHWC RGB",
                   "recommended_resolution": info.resolution if info else None,
+                  "preprocessing": info.to_dict()["preprocessing"] if info else None,
                   "model_input_range": list(input_range)},
         "parameters": int(sum(int(np.prod(v.shape)) for v in exported.weights)),
         "endpoints": ["__call__", "serve", "serving_default"] + ([] if fold else ["call_training"]),
@@ -296,6 +273,8 @@ def export(
     labels: Sequence[str] | str | os.PathLike | None = None,
     metadata: Mapping[str, Any] | None = None,
     input_range: Sequence[float] | None = None,
+    preset: ModelInfo | str | None = None,
+    arch: ArchSpec | str | None = None,
 ) -> Path:
     """Write ``model`` as a TF2 Reusable SavedModel into ``export_dir`` (atomically) and return its path.
 
@@ -313,6 +292,11 @@ def export(
         metadata: extra keys for ``metadata.json`` (override the derived ones).
         input_range: the range the Keras model takes; by default read from the model. The SavedModel
             always takes [0, 1] and maps it onto this range.
+        preset: the zoo entry (name or :class:`~bit_keras.models.presets.ModelInfo`) the weights come from:
+            its upstream data, head labels and preprocessing go into ``metadata.json``. Nothing is guessed
+            from the model's name: without it, those fields are null.
+        arch: the architecture (name or spec); by default read from the model's weights
+            (:func:`bit_keras.models.spec.infer_spec`).
 
     Raises:
         FileExistsError: ``export_dir`` exists and is not empty.
@@ -327,19 +311,18 @@ def export(
     """
     export_dir = Path(export_dir).expanduser().absolute()
     _check_target(export_dir)
+    spec = _spec_of(model, arch)
+    info = _preset(preset)
     exported = _select_outputs(model, kind)
     in_range = tuple(float(v) for v in input_range) if input_range is not None else model_input_range(model)
     if len(in_range) != 2 or not in_range[1] > in_range[0]:
         raise ExportError(f"input_range must be (low, high) with high > low, got {in_range}")
-    label_list = _labels_for(model, kind, labels, int(exported.output.shape[-1]))
-    meta = _metadata(model, exported, kind, fold_standardization, label_list, in_range, metadata)
+    label_list = _labels_for(info, kind, labels, int(exported.output.shape[-1]))
+    meta = _metadata(spec, info, exported, kind, fold_standardization, label_list, in_range, metadata)
 
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = export_dir.parent / f".{export_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
-    build.mkdir()
-    try:
+    with atomic_path(export_dir, directory=True, replace=False) as build:
         if fold_standardization:
-            module = _ReusableModule(fold_weight_standardization(exported), in_range, fine_tunable=False)
+            module = _ReusableModule(fold_weight_standardization(exported, spec), in_range, fine_tunable=False)
         else:
             module = _ReusableModule(exported, in_range, fine_tunable=True)
         with tempfile.TemporaryDirectory() as scratch:
@@ -350,10 +333,4 @@ def export(
             tf.saved_model.save(module, str(build), signatures={"serving_default": module.serve})
         (build / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _check_target(export_dir)
-        if export_dir.exists():
-            export_dir.rmdir()
-        os.rename(build, export_dir)
-    finally:
-        if build.exists():
-            shutil.rmtree(build, ignore_errors=True)
     return export_dir

@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from bit_keras.atomic import atomic_path
 from bit_keras.errors import BitKerasError
 
 __all__ = [
@@ -98,7 +99,7 @@ def default_root() -> Path:
     env = os.environ.get(REGISTRY_ENV)
     if env:
         return Path(env).expanduser()
-    from bit_keras.download import cache_dir
+    from bit_keras.models.download import cache_dir
 
     return cache_dir() / "registry"
 
@@ -335,48 +336,42 @@ class Registry:
                 raise RegistryError(f"{source / METADATA_FILE} is not a JSON object ({e}); fix or delete it") from e
         meta.update(metadata or {})
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        build = self.root / f".publish-{uuid.uuid4().hex[:12]}"
-        build.mkdir()
         created_parents = [p for p in (final.parent, final.parent.parent, final.parent.parent.parent)
                            if not p.exists()]
+        links = _symlinks(source)
+        if links:
+            raise RegistryError(f"{links[0]} is a symlink; the registry holds regular files only. "
+                                "Copy the target into the export instead")
         try:
-            files: dict[str, dict[str, Any]] = {}
-            links = _symlinks(source)
-            if links:
-                raise RegistryError(f"{links[0]} is a symlink; the registry holds regular files only. "
-                                    "Copy the target into the export instead")
-            for rel, src in _content_files(source):
-                dst = build / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                sha, size = _copy_file(src, dst)
-                files[rel] = {"sha256": sha, "size": size}
-            if "parameters" not in meta:
-                meta["parameters"] = _count_parameters(build)
-            meta.update({
-                "handle": handle,
-                "checksums": {"algorithm": "sha256", "overall": _overall(files), "files": files},
-                "size_bytes": sum(f["size"] for f in files.values()),
-                "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "bit_keras_version": bit_keras.__version__,
-            })
-            meta.setdefault("created", meta["published"])
-            for key in ("architecture", "upstream", "classes", "input"):
-                meta.setdefault(key, None)
-            (build / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-            self.ensure_available(handle)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(build, final)
-            except OSError as e:  # someone published the same version meanwhile
-                raise VersionExistsError(self._exists_message(handle)) from e
+            with atomic_path(final, directory=True, replace=False) as build:
+                files: dict[str, dict[str, Any]] = {}
+                for rel, src in _content_files(source):
+                    dst = build / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    sha, size = _copy_file(src, dst)
+                    files[rel] = {"sha256": sha, "size": size}
+                if "parameters" not in meta:
+                    meta["parameters"] = _count_parameters(build)
+                meta.update({
+                    "handle": handle,
+                    "checksums": {"algorithm": "sha256", "overall": _overall(files), "files": files},
+                    "size_bytes": sum(f["size"] for f in files.values()),
+                    "published": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "bit_keras_version": bit_keras.__version__,
+                })
+                meta.setdefault("created", meta["published"])
+                for key in ("architecture", "upstream", "classes", "input"):
+                    meta.setdefault(key, None)
+                (build / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+                self.ensure_available(handle)
+        except FileExistsError as e:  # someone published the same version meanwhile
+            for parent in created_parents:
+                _rmdir_if_empty(parent)
+            raise VersionExistsError(self._exists_message(handle)) from e
         except BaseException:
             for parent in created_parents:
                 _rmdir_if_empty(parent)
             raise
-        finally:
-            if build.exists():
-                shutil.rmtree(build, ignore_errors=True)
         return final
 
     def _exists_message(self, handle: str) -> str:

@@ -29,13 +29,13 @@ import shutil
 import tarfile
 import tempfile
 import threading
-import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from bit_keras.atomic import atomic_path
 from hub_export.registry import (
     METADATA_FILE,
     HandleNotFoundError,
@@ -116,12 +116,8 @@ class RegistryServer(ThreadingHTTPServer):
         target = self._archives / f"{key}.tar.gz"
         with lock:
             if not target.exists():
-                partial = target.with_name(f".{uuid.uuid4().hex}.part")
-                try:
+                with atomic_path(target) as partial:
                     self._write_archive(handle, path, partial)
-                    os.replace(partial, target)
-                finally:
-                    partial.unlink(missing_ok=True)
         return target
 
     def _write_archive(self, handle: str, path: Path, dest: Path) -> None:
@@ -263,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
         return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>bit-keras model registry</title>"
                 "</head><body><h1>bit-keras model registry</h1>"
                 "<p>Load a model with <code>hub.KerasLayer(\"&lt;url&gt;\")</code> or "
-                "<code>bit_keras.hub.load_layer(\"&lt;url&gt;\")</code>; JSON listing at "
+                "<code>hub_export.load.load_layer(\"&lt;url&gt;\")</code>; JSON listing at "
                 "<a href=\"/models.json\">/models.json</a>.</p>"
                 "<table><tr><th>handle</th><th>kind</th><th>arch</th><th>upstream</th><th>parameters</th>"
                 f"<th>published</th></tr>{rows}</table></body></html>\n")

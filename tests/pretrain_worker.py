@@ -23,12 +23,12 @@ SETTINGS = dict(preset="tiny", epochs=1, batch_size=16, image_size=16, steps_per
 
 
 def mirrored(out):
-    from bit_keras.distribute import split_cpu
+    from bit_keras.train.distribute import split_cpu
 
     devices = split_cpu(2)
     import tensorflow as tf
 
-    from bit_keras.pretrain import pretrain
+    from bit_keras.recipes.pretrain import pretrain
 
     images, labels = data()
     base = pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.get_strategy(), **SETTINGS)
@@ -43,7 +43,7 @@ def mirrored(out):
 def multi_worker(out):
     import json
 
-    from bit_keras.pretrain import pretrain
+    from bit_keras.recipes.pretrain import pretrain
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]
     images, labels = data()
@@ -57,7 +57,7 @@ def multi_worker_resume(out):
     import json
     import signal
 
-    from bit_keras.pretrain import Preempted, pretrain
+    from bit_keras.recipes.pretrain import Preempted, pretrain
 
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     preempt_at = int(os.environ.get("BIT_TEST_PREEMPT_AT", "0"))
@@ -84,7 +84,7 @@ def multi_worker_resume(out):
 def one_device_reference(out):
     """multi_worker_resume's run, uninterrupted, on one device with the same global batch, in a fresh process:
     the data order depends on TF's global seed, which tests in the main process may have set."""
-    from bit_keras.pretrain import pretrain
+    from bit_keras.recipes.pretrain import pretrain
 
     images, labels = data()
     result = pretrain("BiT-tiny", (images, labels), **{**SETTINGS, "epochs": 2, "checkpoint_every": None})

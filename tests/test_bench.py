@@ -1,4 +1,4 @@
-"""The benchmark harness (bit_keras.bench): plan, CSV/Markdown output, ratios, peer and export checks.
+"""The benchmark harness (benchmarks.bench.harness): plan, CSV/Markdown output, ratios, peer and export checks.
 
 No timing assertions here: performance is measured by the benchmarks themselves, never in tests. The
 runs use a tiny architecture at 32 px with one repeat.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bit_keras import bench, bench_report
+from benchmarks.bench import harness as bench, report as bench_report
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_COLUMNS = {"case", "mode", "image_size", "batch_size", "images_per_s", "peak_mem_mb", "ratio_to_baseline"}
@@ -142,10 +142,10 @@ def test_timm_peer_interpreter_is_named_when_it_cannot_run(tmp_path):
 
 
 def test_timm_peer_script_runs_without_tensorflow():
-    """bench_timm.py must run in a PyTorch-only environment: it may not import TensorFlow or bit_keras."""
+    """timm_peer.py must run in a PyTorch-only environment: it may not import TensorFlow or bit_keras."""
     code = ("import sys, runpy; sys.modules['tensorflow'] = sys.modules['keras'] = sys.modules['bit_keras'] = None; "
-            f"sys.path.insert(0, {str(REPO / 'bit_keras')!r}); sys.argv = ['bench_timm.py', '--versions']; "
-            f"runpy.run_path({str(REPO / 'bit_keras' / 'bench_timm.py')!r}, run_name='__main__')")
+            f"sys.path.insert(0, {str(REPO / 'benchmarks' / 'bench')!r}); sys.argv = ['timm_peer.py', '--versions']; "
+            f"runpy.run_path({str(REPO / 'benchmarks' / 'bench' / 'timm_peer.py')!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "tensorflow" not in proc.stderr.lower(), proc.stderr
     import json
@@ -201,7 +201,7 @@ def test_plans():
 
 
 def test_diagnostic_models_replace_layers():
-    from bit_keras.layers import GroupNorm, StandardizedConv2D
+    from bit_keras.models.layers import GroupNorm, StandardizedConv2D
 
     spec = bench.CaseSpec("diag_plain_conv", "inference", **TINY)
     model = bench.build_model(spec)
@@ -227,18 +227,32 @@ def test_memory_probe_measures_growth():
     assert mb > 50 and kind in ("rss_hwm_delta", "ru_maxrss_delta")
 
 
-def test_cli_module_registers_bench():
-    from bit_keras.commands import bench as command
-
-    parser = argparse.ArgumentParser(prog="bit-keras")
-    command.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--quick", "--output", "out", "--cases", "input_pipeline",
-                              "--points", "64x4", "--no-timm"])
+def test_bench_options_parse():
+    parser = argparse.ArgumentParser(prog="bit-keras bench")
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--quick", "--output", "out", "--cases", "input_pipeline", "--points", "64x4",
+                              "--no-timm"])
     opts = bench.options_from_args(args)
     assert opts.quick and opts.output == "out" and opts.cases == ("input_pipeline",)
     assert opts.point_override == ((64, 4),) and not opts.check_timm
     with pytest.raises(SystemExit):
-        bench.options_from_args(parser.parse_args(["bench", "--cases", "nope"]))
+        bench.options_from_args(parser.parse_args(["--cases", "nope"]))
+
+
+def test_cli_bench_runs_the_checkout_harness(tmp_path, monkeypatch, capsys):
+    from bit_keras import cli
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "out"
+    assert cli.main(["bench", "--tiny", "--isolation", "inprocess", "--cases", "input_pipeline",
+                     "--output", str(out)]) == 0
+    assert [r["case"] for r in _read_csv(out / "bench.csv")] == ["input_pipeline"]
+    monkeypatch.chdir(tmp_path)
+    import bit_keras
+
+    monkeypatch.setattr(bit_keras, "__file__", str(tmp_path / "site-packages" / "bit_keras" / "__init__.py"))
+    assert cli.main(["bench", "--tiny"]) == 1
+    assert "runs the benchmarks of a checkout" in capsys.readouterr().err
 
 
 def test_run_script_from_repo_root(tmp_path):
@@ -252,8 +266,8 @@ def test_run_script_from_repo_root(tmp_path):
     assert [r["case"] for r in _read_csv(out / "bench.csv")] == ["input_pipeline"]
 
 
-@pytest.mark.parametrize("name", ["bit_keras.bench", "bit_keras.bench_cases", "bit_keras.bench_report",
-                                  "bit_keras.bench_timing", "bit_keras.bench_timm", "bit_keras.commands.bench"])
+@pytest.mark.parametrize("name", ["benchmarks.bench.harness", "benchmarks.bench.cases", "benchmarks.bench.report",
+                                  "benchmarks.bench.timing", "benchmarks.bench.timm_peer", "bit_keras.cli.bench"])
 def test_docstring_examples(name):
     import importlib
 

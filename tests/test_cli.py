@@ -79,12 +79,12 @@ def test_debug_shows_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_unexpected_errors_are_one_line_too(capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import bit_keras.zoo
+    import bit_keras.models.presets
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("boom")
 
-    monkeypatch.setattr(bit_keras.zoo, "list_models", broken)
+    monkeypatch.setattr(bit_keras.models.presets, "list_models", broken)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("bit-keras list: unexpected KeyError: 'boom'") and "--debug" in err, err

@@ -1,4 +1,4 @@
-"""bit_keras.data: sources, measurement, few-shot, bad data, pipelines, mixup, offline tfds."""
+"""bit_keras.data.sources: sources, measurement, few-shot, bad data, pipelines, mixup, offline tfds."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from bit_keras.data import DataError, DatasetInfo, image_size_of, load_dataset, sample_few_shot
-from bit_keras.pipelines import eval_pipeline, mixup, train_pipeline
+from bit_keras.data.sources import DataError, DatasetInfo, image_size_of, load_dataset, sample_few_shot
+from bit_keras.data.pipelines import eval_pipeline, mixup, train_pipeline
 
 
 def _labels(ds: tf.data.Dataset) -> list[int]:
@@ -712,7 +712,7 @@ def test_skipped_record_is_capped() -> None:
 
 
 def test_transfer_records_skipped_images(tmp_path: Path) -> None:
-    from bit_keras.transfer import transfer
+    from bit_keras.recipes.transfer import transfer
 
     root = tmp_path / "d"
     for c, rgb in (("a", (200, 0, 0)), ("b", (0, 0, 200))):

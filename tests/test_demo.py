@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bit_keras.cli import main as cli_main
-from bit_keras.demo import format_table
-from bit_keras.demo_data import load_digits_split
+from bit_keras.recipes.demo import format_table
+from bit_keras.data.digits import load_digits_split
 from bit_keras.plots import plot_run
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import tensorflow as tf
 
-from bit_keras import distribute
+from bit_keras.train import distribute
 
 
 def test_auto_on_one_cpu_is_the_default_strategy(monkeypatch):

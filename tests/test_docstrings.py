@@ -7,12 +7,16 @@ import pkgutil
 import pytest
 
 import bit_keras
+import hub_export
 
-# Every module of the package; the bench modules run theirs in tests/test_bench.py. The command modules
-# are argparse wiring (their behaviour is tested through bit_keras.cli), the rest must show an example.
-MODULES = sorted(m.name for m in pkgutil.walk_packages(bit_keras.__path__, "bit_keras.")
-                 if not m.name.startswith(("bit_keras.bench", "bit_keras.commands")))
-MODULES.insert(0, "bit_keras")
+# Every module of the package and of hub_export. The command modules are argparse wiring (their behaviour is
+# tested through bit_keras.cli) and the sub-package __init__ files only describe their package; every other
+# module must show an example.
+SUBPACKAGES = ("bit_keras.models", "bit_keras.data", "bit_keras.train", "bit_keras.recipes")
+MODULES = sorted(m.name for pkg in (bit_keras, hub_export)
+                 for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")
+                 if not (m.name.startswith("bit_keras.cli.") or m.name in SUBPACKAGES))
+MODULES[:0] = ["bit_keras", "hub_export"]
 
 
 @pytest.mark.parametrize("name", MODULES)

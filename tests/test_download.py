@@ -1,4 +1,4 @@
-"""Tests for bit_keras.download against a loopback HTTP server."""
+"""Tests for bit_keras.models.download against a loopback HTTP server."""
 
 import hashlib
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bit_keras import download as dl
-from bit_keras.download import DownloadError, cache_dir, download, quarantine, sha256sum, url_to_cache_path
+from bit_keras.models import download as dl
+from bit_keras.models.download import DownloadError, cache_dir, download, quarantine, sha256sum, url_to_cache_path
 
 DATA = os.urandom(300_000)
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import bit_keras
 import hub_export
-from bit_keras import hub as bk_hub
+from hub_export import load as bk_hub
 from bit_keras.commands import hub as hub_cmd
 from hub_export import ExportError, Registry, export
 from hub_export.export import model_input_range

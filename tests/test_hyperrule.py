@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bit_keras.hyperrule import (
+from bit_keras.recipes.hyperrule import (
     HyperParams,
     get_lr,
     get_mixup,

@@ -1,4 +1,4 @@
-"""Tests for bit_keras.labels: the official label files, downloaded from a loopback mirror."""
+"""Tests for bit_keras.models.labels: the official label files, downloaded from a loopback mirror."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import bit_keras.download
-from bit_keras.download import url_to_cache_path
+import bit_keras.models.download
+from bit_keras.models.download import url_to_cache_path
 from bit_keras.errors import DownloadError
-from bit_keras.labels import LabelFileError, get_labels
+from bit_keras.models.labels import LabelFileError, get_labels
 
 NAME = "BiT-S-R50x1"  # an ILSVRC-2012 head: 1000 classes, ilsvrc2012_wordnet_lemmas.txt
 FILE = "/bit/ilsvrc2012_wordnet_lemmas.txt"
@@ -21,7 +21,7 @@ GOOD = ("\n".join(LEMMAS) + "\n").encode()
 def server(loopback_server, monkeypatch, tmp_path):
     monkeypatch.setenv("BIT_KERAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("BIT_KERAS_WEIGHTS_URL", loopback_server.url("/bit/"))
-    monkeypatch.setattr(bit_keras.download, "_RETRY_DELAY", 0.01)
+    monkeypatch.setattr(bit_keras.models.download, "_RETRY_DELAY", 0.01)
     loopback_server.files[FILE] = GOOD
     return loopback_server
 
@@ -76,7 +76,7 @@ def test_unchecked_bad_file_is_quarantined(server, monkeypatch, tmp_path):
     path = cached(server)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"only\ntwo\n")
-    monkeypatch.setattr(bit_keras.download, "download", lambda url, **kw: path)
+    monkeypatch.setattr(bit_keras.models.download, "download", lambda url, **kw: path)
     with pytest.raises(LabelFileError) as e:
         get_labels(NAME)
     msg = str(e.value)

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from bit_keras.layers import GroupNorm, StandardizedConv2D, standardize_kernel
-from bit_keras.transfer_model import dtype_policy
+from bit_keras.models.layers import GroupNorm, StandardizedConv2D, standardize_kernel
+from bit_keras.models.policy import dtype_policy
 
 
 def test_standardize_kernel_formula():
@@ -56,7 +56,7 @@ def test_group_norm_gradients_match_autodiff_of_the_textbook_layer(shape):
     """The hand-written backward pass against float64 autodiff of the textbook formula (5-D moments)."""
     import tensorflow as tf
 
-    from bit_keras.layers import group_norm
+    from bit_keras.models.layers import group_norm
 
     rng = np.random.default_rng(7)
     channels, groups = shape[-1], 16 if shape[-1] % 16 == 0 else 1

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import bit_keras
-from bit_keras.resnet import ArchSpec
-from bit_keras.transfer_model import dtype_policy
-from bit_keras.zoo import ModelInfo
+from bit_keras.models.spec import ArchSpec
+from bit_keras.models.policy import dtype_policy
+from bit_keras.models.presets import ModelInfo
 from tests import reference_bit
 
 TINY = ArchSpec((1, 2, 1, 1), 0.5)

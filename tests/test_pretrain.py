@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 import bit_keras
-from bit_keras.pretrain import Preempted, UpstreamStep, pretrain
-from bit_keras.train_loop import make_optimizer
-from bit_keras.upstream import PRESETS, get_preset
+from bit_keras.recipes.pretrain import Preempted, UpstreamStep, pretrain
+from bit_keras.train.engine import make_optimizer
+from bit_keras.recipes.upstream import PRESETS, get_preset
 from tests.pretrain_worker import SETTINGS, data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,7 +252,7 @@ def test_cli_pretrain_exits_42_when_preempted(monkeypatch, tmp_path):
     """`bit-keras pretrain` passes --remat/--preemption through and maps Preempted to TF's restart code 42."""
     from bit_keras.cli import main
 
-    pretrain_module = sys.modules["bit_keras.pretrain"]  # the package attribute is the function
+    import bit_keras.recipes.pretrain as pretrain_module
 
     seen = {}
 

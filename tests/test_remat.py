@@ -1,11 +1,11 @@
-"""Rematerialised residual units (bit_keras.remat): same outputs and gradients, less memory kept."""
+"""Rematerialised residual units (bit_keras.train.remat): same outputs and gradients, less memory kept."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bit_keras.remat import remat_forward
-from bit_keras.resnet import resnet_v2
+from bit_keras.train.remat import remat_forward
+from bit_keras.models.resnet import resnet_v2
 
 
 def _model():

@@ -16,9 +16,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import bit_keras
-from bit_keras.resnet import ArchSpec
-from bit_keras.transfer import TrainingDivergedError, evaluate_run, scale_schedule, transfer
-from bit_keras.zoo import ModelInfo
+from bit_keras.models.spec import ArchSpec
+from bit_keras.recipes.transfer import TrainingDivergedError, evaluate_run, scale_schedule, transfer
+from bit_keras.models.presets import ModelInfo
 
 TINY = "test-tiny"
 # Small and fast: 16 px crops, batch 8, random init unless a test says otherwise.
@@ -223,8 +223,8 @@ import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import bit_keras
-from bit_keras.resnet import ArchSpec
-from bit_keras.transfer import transfer
+from bit_keras.models.spec import ArchSpec
+from bit_keras.recipes.transfer import transfer
 from tests.test_transfer import FAST, TINY, _images
 bit_keras.register_arch("tiny", ArchSpec((1, 1, 1, 1), 0.25, groups=8))
 bit_keras.register_model(bit_keras.ModelInfo(TINY, "tiny", "synthetic", 20, None, 32), overwrite=True)
@@ -283,8 +283,8 @@ def _write_folder(root, classes=("cat", "dog", "fox"), per_class=5, size=16, see
 def test_cli_transfer_then_evaluate(tmp_path, capsys, monkeypatch):
     from bit_keras import cli
 
-    if "bit_keras.commands.transfer" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "bit_keras.commands.transfer"))
+    if "bit_keras.cli.transfer" not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "bit_keras.cli.transfer"))
     data, run = tmp_path / "images", tmp_path / "run"
     _write_folder(data)
     rc = cli.main([
@@ -307,7 +307,7 @@ def test_cli_transfer_then_evaluate(tmp_path, capsys, monkeypatch):
 
 def test_hub_savedmodel_handle_is_fine_tuned(tmp_path):
     hub_export = pytest.importorskip("hub_export")
-    from bit_keras.hub import SavedModelLayer, load_layer
+    from hub_export.load import SavedModelLayer, load_layer
 
     backbone = bit_keras.create_model(TINY, num_classes=None)
     path = hub_export.export(backbone, tmp_path / "feature_vector")

@@ -12,16 +12,10 @@ import pytest
 
 import bit_keras
 from bit_keras import BitKerasError, WeightFileError
-from bit_keras.download import url_to_cache_path
-from bit_keras.weights import (
-    HEAD_BIAS,
-    HEAD_KERNEL,
-    inspect_npz,
-    load_npz,
-    model_to_npz_dict,
-    read_npz,
-    save_npz,
-)
+from bit_keras.models.download import url_to_cache_path
+from bit_keras.models.npz import inspect_npz, read_npz
+from bit_keras.models.spec import HEAD_BIAS, HEAD_KERNEL
+from bit_keras.models.weights import load_npz, model_to_npz_dict, save_npz
 
 GAMMA = "resnet/group_norm/gamma"  # (512,) in the tiny model
 ROOT = "resnet/root_block/standardized_conv2d/kernel"  # (7, 7, 3, 16)

@@ -10,7 +10,7 @@ import pytest
 import bit_keras
 from bit_keras import WeightFileError
 from bit_keras.cli import main as cli_main
-from bit_keras.weights import read_npz
+from bit_keras.models.npz import read_npz
 from tests import reference_bit
 
 PARAMS_1000 = {
@@ -29,7 +29,10 @@ FEATURE_DIM = {"R50x1": 2048, "R50x3": 6144, "R101x1": 2048, "R101x3": 6144, "R1
 def test_full_size_parameter_counts(arch):
     model = bit_keras.create_model(f"BiT-S-{arch}")
     try:
-        assert model.count_params() == PARAMS_1000[arch]
+        assert model.count_params() == PARAMS_1000[arch] == bit_keras.ARCHS[arch].param_count(num_classes=1000)
+        shapes = {f"resnet/{v.path.rsplit('/', 1)[0].replace('.', '/')}/{v.name}": tuple(v.shape)
+                  for v in model.weights if v.path.split("/")[0] != "head"}
+        assert shapes == bit_keras.ARCHS[arch].weight_shapes(num_classes=None)
         assert model.get_layer("pre_logits").output.shape[-1] == FEATURE_DIM[arch]
         assert model.get_layer("stem").output.shape[-1] == 64 * bit_keras.ARCHS[arch].width
     finally:
@@ -41,7 +44,7 @@ def test_full_size_parameter_counts(arch):
 def test_cli_info_counts_parameters_without_building(capsys):
     assert cli_main(["info", "BiT-M-R152x4"]) == 0
     out = capsys.readouterr().out
-    assert '"parameters_with_head": 1107299923' in out  # 928,340,224 backbone + 8192 * 21843 + 21843
+    assert '"parameters": 1107299923' in out  # 928,340,224 backbone + 8192 * 21843 + 21843
     assert '"feature_dim": 8192' in out
 
 
@@ -51,21 +54,42 @@ def test_zoo_names_and_metadata():
         for family in ("BiT-S", "BiT-M", "BiT-L"):
             assert f"{family}-{arch}" in names
         assert f"BiT-M-{arch}-ILSVRC2012" in names
-    for extra in ("BiT-M-R50x1-CIFAR10", "BiT-M-R50x1-distilled-224", "BiT-M-R50x1-distilled-160"):
+    for extra in ("BiT-M-R50x1-CIFAR10", "BiT-R50x1-distilled-224", "BiT-R50x1-distilled-160",
+                  "BiT-M-R152x2-teacher-224", "BiT-M-R152x2-teacher-384"):
         assert extra in names
     s, m = bit_keras.get_model_info("BiT-S-R101x3"), bit_keras.get_model_info("BiT-M-R50x1")
     assert (s.upstream, s.num_classes, s.arch) == ("ILSVRC-2012", 1000, "R101x3")
     assert (m.upstream, m.num_classes, m.multi_label) == ("ImageNet-21k", 21843, True)
     assert m.weights_url == "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz"
     assert s.labels_url == "https://storage.googleapis.com/bit_models/ilsvrc2012_wordnet_lemmas.txt"
-    distilled = bit_keras.get_model_info("BiT-M-R50x1-distilled-160")
-    assert distilled.weights_url.endswith("/distill/R50x1_160.npz") and distilled.resolution == 160
     cifar = bit_keras.get_model_info("BiT-M-R50x1-CIFAR10")
     assert cifar.num_classes == 10 and cifar.labels[0] == "airplane" and cifar.resolution == 128
-    assert bit_keras.get_model_info("BiT-M-R152x4-ILSVRC2012").resolution == 480
     assert bit_keras.list_models("bit-s-r50*") == ["BiT-S-R50x1", "BiT-S-R50x3"]
     unpublished = {n for n in bit_keras.list_models(pretrained=False) if n.startswith("BiT-")}  # tests register more
     assert unpublished == {f"BiT-L-{a}" for a in PARAMS_1000} | {"BiT-tiny"}
+
+
+def test_preprocessing_metadata_follows_timm_and_the_release():
+    """Each weight tag carries its own preprocessing (timm's default_cfgs where timm has the weights)."""
+    info = bit_keras.get_model_info
+    for arch in ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2"):
+        assert (info(f"BiT-M-{arch}-ILSVRC2012").resolution, info(f"BiT-M-{arch}-ILSVRC2012").crop_pct) == (448, 1.0)
+    assert info("BiT-M-R152x4-ILSVRC2012").resolution == 480
+    assert (info("BiT-M-R50x1").resolution, info("BiT-M-R50x1").crop_pct, info("BiT-M-R50x1").interpolation) == (
+        224, 0.875, "bilinear")
+    student = info("BiT-R50x1-distilled-160")
+    assert student.weights_url.endswith("/distill/R50x1_160.npz") and student.resolution == 160
+    assert (student.upstream, student.interpolation) == ("ILSVRC-2012", "bicubic")
+    teacher = info("BiT-M-R152x2-teacher-384")
+    assert (teacher.resolution, teacher.crop_pct, teacher.interpolation, teacher.upstream) == (
+        384, 1.0, "bicubic", "ImageNet-21k")
+    record = info("BiT-M-R50x1-ILSVRC2012").to_dict()
+    assert record["preprocessing"]["input_range"] == [-1.0, 1.0] and "timm" in record["preprocessing"]["source"]
+
+
+def test_old_distilled_names_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="BiT-R50x1-distilled-224"):
+        assert bit_keras.get_model_info("BiT-M-R50x1-distilled-224").name == "BiT-R50x1-distilled-224"
 
 
 def test_unknown_name_lists_closest():

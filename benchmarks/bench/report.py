@@ -1,0 +1,338 @@
+"""The report of ``bit-keras bench``: ratios, ``bench.csv``, ``bench.md`` and the "where we stand" summary.
+
+Example:
+    >>> rows = [{"case": "baseline_resnet50v2", "mode": "train", "image_size": 128, "batch_size": 8,
+    ...          "variant": "xla", "precision": "float32", "images_per_s": 20.0, "status": "ok"},
+    ...         {"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 8,
+    ...          "variant": "xla", "precision": "float32", "images_per_s": 25.0, "status": "ok"}]
+    >>> [r["ratio_to_baseline"] for r in add_ratios(rows)]
+    [1.0, 1.25]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.bench.cases import (BASELINE_CASE, BIT_CASE, FOLD_TOLERANCE, FOLDED_CASE, MODES, PIPELINE_CASE,
+                                   TIMM_CASE, resnet_v2_gflops)
+
+CSV_COLUMNS = (
+    "case", "mode", "variant", "precision", "arch", "image_size", "batch_size",
+    "images_per_s", "peak_mem_mb", "ratio_to_baseline", "ratio_to_timm",
+    "images_per_s_max", "cpu_ms_per_image", "gflop_per_s", "first_call_s", "steps", "seconds", "mem_kind",
+    "max_abs_diff", "load1", "status", "note",
+)
+
+# timm resnetv2_50x1_bit (pretrained=False), torch eager, 2 threads, measured on the 2-core AVX-512
+# development machine (AMD EPYC); used in the report only when timm cannot be run here.
+TIMM_REFERENCE: dict[tuple[str, int, int], float] = {
+    ("inference", 224, 8): 14.8, ("train", 224, 8): 5.9,
+    ("inference", 128, 16): 51.2, ("train", 128, 16): 16.7,
+}
+TRAIN_TARGET_VS_TIMM = 1.2
+FLOP_PEAK_FRACTION_TARGET = 0.5
+
+
+def ok_row(row: dict[str, Any]) -> bool:
+    """Whether a row has a measured images/s (``ok``, or ``mismatch``: measured, but the outputs differ)."""
+    return row.get("status") in ("ok", "mismatch") and bool(row.get("images_per_s"))
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["variant"], row["precision"])
+
+
+def _timm_key(row: dict[str, Any]) -> tuple:
+    return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["precision"])
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill ``ratio_to_baseline`` (images/s over the baseline row with the same mode, image size, batch
+    size, variant and precision) and ``ratio_to_timm`` (over timm's row with the same mode, size, batch
+    and precision). Rows without a counterpart get an empty ratio.
+
+    Example: see the module docstring.
+    """
+    base = {_key(r): float(r["images_per_s"]) for r in rows if r["case"] == BASELINE_CASE and ok_row(r)}
+    timm = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and ok_row(r)}
+    for r in rows:
+        ips = float(r["images_per_s"]) if ok_row(r) else None
+        b = base.get(_key(r))
+        r["ratio_to_baseline"] = round(ips / b, 4) if ips and b else ""
+        t = timm.get(_timm_key(r))
+        r["ratio_to_timm"] = round(ips / t, 4) if ips and t and r["case"] not in (TIMM_CASE, PIPELINE_CASE) else ""
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.0f}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the rows with :data:`CSV_COLUMNS` (floats to 6 significant digits)."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    gpus = ", ".join(machine.get("gpus") or []) or "none"
+    lines = [
+        f"- CPU: {machine.get('cpu')} ({machine.get('cores')} cores available; "
+        f"{', '.join(machine.get('cpu_flags') or []) or 'no AVX-512'}), {machine.get('memory_gb')} GiB memory",
+        f"- GPU: {gpus}",
+        f"- TensorFlow {machine.get('tensorflow')}, Keras {machine.get('keras')}, Python {machine.get('python')}, "
+        f"oneDNN {machine.get('onednn')}" + (f", torch {machine['torch']}, timm {machine['timm']}"
+                                             if machine.get("timm") else ""),
+        f"- load average at start {machine.get('load_avg')}, at end {machine.get('load_avg_end')}",
+    ]
+    return lines
+
+
+TABLE_HEADER = ("| case | mode | variant | precision | arch | px | batch | img/s | peak MB | "
+                "x baseline | x timm | CPU ms/img | GFLOP/s | note |")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table (img/s is the median of the repeats; peak MB as measured).
+
+    Example:
+        >>> print(markdown_table([{"case": "bit_keras", "mode": "train", "variant": "xla", "precision": "float32",
+        ...       "arch": "R50x1", "image_size": 224, "batch_size": 8, "images_per_s": 7.5, "status": "ok"}])
+        ...       .splitlines()[2])
+        | bit_keras | train | xla | float32 | R50x1 | 224 | 8 | 7.50 |  |  |  |  |  |  |
+    """
+    lines = [TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count("|") - 1)]
+    for r in rows:
+        note = r.get("note") or ""
+        if r.get("status") not in ("ok", None):
+            note = f"**{r.get('status')}** {note}".strip()
+        if r.get("max_abs_diff") not in (None, ""):
+            note = f"max abs diff vs Keras {float(r['max_abs_diff']):.1e}; {note}".strip("; ")
+        cells = [r["case"], r["mode"], r["variant"], r["precision"], r.get("arch", ""), r["image_size"],
+                 r["batch_size"], _fmt(r.get("images_per_s")), _fmt(r.get("peak_mem_mb"), 0),
+                 _fmt(r.get("ratio_to_baseline")), _fmt(r.get("ratio_to_timm")), _fmt(r.get("cpu_ms_per_image"), 1),
+                 _fmt(r.get("gflop_per_s"), 1),
+                 note.replace("|", "/")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _best(rows: Sequence[dict[str, Any]], case: str, mode: str, size: int, batch: int,
+          arch: str | None = None) -> dict[str, Any] | None:
+    found = [r for r in rows if r["case"] == case and r["mode"] == mode and ok_row(r)
+             and int(r["image_size"]) == size and int(r["batch_size"]) == batch
+             and (arch is None or r.get("arch") == arch)]
+    return max(found, key=lambda r: float(r["images_per_s"]), default=None)
+
+
+def summary_lines(rows: Sequence[dict[str, Any]], cores: int, reference_machine: bool = False) -> list[str]:
+    """Where bit_keras stands against the targets: training >= 1.2x timm, inference >= half the FLOP peak,
+    the folded export at least as fast as the Keras model (and equal within 1e-5), pipeline headroom.
+
+    ``reference_machine``: this is the 2-core CPU machine :data:`TIMM_REFERENCE` was measured on, so those
+    numbers stand in for timm when it is not installed. The "CPU-time bound" is ``cores`` divided by the
+    process CPU time per image: what the row would reach with the cores to itself (the wall-clock rate
+    falls below it when other processes share the machine).
+
+    Example:
+        >>> summary_lines([], cores=2)
+        []
+    """
+    out = []
+    points = sorted({(int(r["image_size"]), int(r["batch_size"])) for r in rows if r["case"] == BIT_CASE},
+                    reverse=True)
+    timm_rows = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and ok_row(r)}
+    for size, batch in points:
+        for mode in MODES:
+            line = _standing_line(rows, mode, size, batch, cores, timm_rows, reference_machine)
+            if line:
+                out.append(line)
+    for r in rows:
+        if r["case"] == FOLDED_CASE and ok_row(r):
+            keras_row = next((k for k in rows if k["case"] == BIT_CASE and ok_row(k) and k["mode"] == "inference"
+                              and k["precision"] == "float32" and k["variant"] == r["variant"]
+                              and int(k["image_size"]) == int(r["image_size"])
+                              and int(k["batch_size"]) == int(r["batch_size"])), None)
+            text = (f"- folded export {r['image_size']} px batch {r['batch_size']} ({r['variant']}): "
+                    f"{float(r['images_per_s']):.2f} img/s, max abs diff vs Keras {float(r['max_abs_diff']):.1e} "
+                    f"({'within' if float(r['max_abs_diff']) <= FOLD_TOLERANCE else 'NOT within'} "
+                    f"{FOLD_TOLERANCE:g})")
+            if keras_row:
+                ratio = float(r["images_per_s"]) / float(keras_row["images_per_s"])
+                text += f"; {ratio:.2f}x the Keras model ({'as fast or faster' if ratio >= 0.98 else 'slower'})"
+            out.append(text)
+    for r in rows:
+        if r["case"] == PIPELINE_CASE and ok_row(r):
+            train = _best(rows, BIT_CASE, "train", int(r["image_size"]), int(r["batch_size"]))
+            text = f"- input pipeline {r['image_size']} px: {float(r['images_per_s']):.0f} img/s alone"
+            if train:
+                share = float(train["images_per_s"]) / float(r["images_per_s"])
+                text += (f", {share:.1%} of its capacity at the best training rate "
+                         f"({float(train['images_per_s']):.2f} img/s)")
+            out.append(text)
+    for r in rows:
+        if r["case"] == TIMM_CASE and r.get("status") == "unavailable":
+            out.append(f"- timm peer: unavailable ({r.get('note')})")
+            break
+    return out
+
+
+def _cpu_bound(row: dict[str, Any], cores: int) -> float:
+    """Images/s the row would reach with ``cores`` to itself: cores / process CPU time per image."""
+    cpu = row.get("cpu_ms_per_image")
+    return cores * 1000.0 / float(cpu) if cpu not in (None, "", 0) else 0.0
+
+
+def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: int, cores: int,
+                   timm_rows: dict[tuple, float], reference_machine: bool) -> str | None:
+    """One "where we stand" line: best bit_keras row (wall clock and CPU-time bound) vs baseline, timm, targets."""
+    found = [r for r in rows if r["case"] == BIT_CASE and r["mode"] == mode and ok_row(r) and r.get("arch") == "R50x1"
+             and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
+    if not found:
+        return None
+    best = max(found, key=lambda r: float(r["images_per_s"]))
+    bound_row = max(found, key=lambda r: _cpu_bound(r, cores))
+    ips, bound = float(best["images_per_s"]), _cpu_bound(bound_row, cores)
+    text = (f"- R50x1 {mode} {size} px batch {batch}: best bit_keras {ips:.2f} img/s ({best['variant']}/"
+            f"{best['precision']}); best CPU-time bound {bound:.1f} img/s ({bound_row['variant']}/"
+            f"{bound_row['precision']})")
+    base_rows = [r for r in rows if r["case"] == BASELINE_CASE and r["mode"] == mode and ok_row(r)
+                 and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
+    if base_rows:
+        base = max(base_rows, key=lambda r: float(r["images_per_s"]))
+        text += (f"; best baseline {float(base['images_per_s']):.2f} img/s ({base['variant']}/{base['precision']}), "
+                 f"bound {max(_cpu_bound(r, cores) for r in base_rows):.1f}")
+    timm, source = timm_rows.get((mode, size, batch, "float32")), "measured"
+    if timm is None and reference_machine and (mode, size, batch) in TIMM_REFERENCE:
+        timm, source = TIMM_REFERENCE[(mode, size, batch)], "reference number of this machine type"
+    if timm and mode == "train":
+        need = TRAIN_TARGET_VS_TIMM * timm
+        text += (f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm, target {TRAIN_TARGET_VS_TIMM}x = "
+                 f"{need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+    elif timm:
+        text += f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm"
+    same = timm_rows.get((mode, size, batch, best["precision"]))
+    if same:
+        text += f"; vs timm also in {best['precision']} ({same:.2f} img/s): {ips / same:.2f}x"
+    if mode == "inference" and batch == 1:
+        text += "; serving one image at a time (the FLOP-peak target is for batched inference)"
+    elif mode == "inference":
+        peak = cores * 147.0  # GFLOP/s: 2 AVX-512 FMA units x 16 float32 x 2 flops x ~2.3 GHz per core
+        gflops = resnet_v2_gflops((3, 4, 6, 3), 1, size)
+        need = FLOP_PEAK_FRACTION_TARGET * peak / gflops
+        text += (f"; {ips * gflops:.0f} GFLOP/s = {ips * gflops / peak:.0%} of ~{peak:.0f} GFLOP/s fp32 peak, "
+                 f"target half the peak = {need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+    return text
+
+
+def _met(value: float, target: float) -> str:
+    return "met" if value >= target else "NOT met"
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], title: str = "bit-keras bench") -> str:
+    """The report: machine, where we stand, and the table of all rows."""
+    parts = [f"# {title}", "", "## Machine", "", *_machine_lines(machine), "",
+             "## Where we stand", "", *(summary_lines(rows, int(machine.get("cores") or 1), _is_reference_machine(machine))
+                                      or ["- no rows"]), "",
+             "## All rows", "",
+             "img/s: median over the repeats. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
+             "keras.applications.ResNet50V2 with the same mode, size, batch, variant and precision. x timm: over "
+             "timm's row with the same mode, size, batch and precision. CPU ms/img: process CPU time (all threads) per image, "
+             "the measure least disturbed by other processes on a shared machine.", "", markdown_table(rows), ""]
+    return "\n".join(parts)
+
+
+def render_profiles(rows: Sequence[dict[str, Any]]) -> str:
+    """``profile.md``: the top op types (ms per step, summed over threads) of each profiled row.
+
+    Example:
+        >>> print(render_profiles([{"case": "bit_keras", "mode": "train", "variant": "function",
+        ...       "precision": "float32", "image_size": 128, "batch_size": 16, "profile": [["Conv2D", 12.5]]}]))
+        # Op profile (ms per step, summed over threads)
+        <BLANKLINE>
+        ## bit_keras train function float32 128 px batch 16
+        <BLANKLINE>
+        | op type | ms/step | share |
+        |---|---|---|
+        | Conv2D | 12.5 | 100% |
+        <BLANKLINE>
+    """
+    parts = ["# Op profile (ms per step, summed over threads)", ""]
+    for r in rows:
+        if not r.get("profile"):
+            continue
+        total = sum(ms for _, ms in r["profile"]) or 1.0
+        parts += [f"## {r['case']} {r['mode']} {r['variant']} {r['precision']} {r['image_size']} px batch "
+                  f"{r['batch_size']}", "", "| op type | ms/step | share |", "|---|---|---|"]
+        parts += [f"| {name} | {ms:.1f} | {ms / total:.0%} |" for name, ms in r["profile"]]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _is_reference_machine(machine: dict[str, Any]) -> bool:
+    """The 2-core AVX-512 CPU machine (no GPU) that :data:`TIMM_REFERENCE` was measured on."""
+    return not machine.get("gpus") and machine.get("cores") == 2 and "avx512f" in (machine.get("cpu_flags") or [])
+
+
+def _mem_note(rows: Sequence[dict[str, Any]]) -> str:
+    kinds = {r.get("mem_kind") for r in rows if r.get("mem_kind")}
+    notes = {
+        "rss_hwm_delta": "growth of the process RSS high-water mark from after `import tensorflow` to the end "
+                         "of the row (weights, optimizer state, activations, compiled code, allocator caches)",
+        "ru_maxrss_delta": "ru_maxrss at the end minus RSS at the start of the row",
+        "gpu_peak": "GPU allocator peak (tf.config.experimental.get_memory_info)",
+    }
+    return "; ".join(notes[k] for k in sorted(kinds) if k in notes) or "not measured"
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``bench.csv`` with numbers as floats/ints (empty cells stay ``""``).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "bench.csv")
+        >>> _ = write_csv([{"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 8,
+        ...                 "images_per_s": 2.5}], p)
+        >>> read_csv(p)[0]["images_per_s"], read_csv(p)[0]["ratio_to_baseline"]
+        (2.5, '')
+    """
+    ints = {"image_size", "batch_size", "steps"}
+    text = {"case", "mode", "variant", "precision", "arch", "mem_kind", "status", "note"}
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for raw in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for key, value in raw.items():
+                if key in text or value == "":
+                    row[key] = value
+                else:
+                    row[key] = int(float(value)) if key in ints else float(value)
+            rows.append(row)
+    return rows
+
+
+def rerender(out_dir: str | os.PathLike) -> str:
+    """Re-write ``bench.md`` from ``bench.csv`` and ``machine.json`` in ``out_dir`` (e.g. after editing
+    the report code, or after merging CSVs of several runs); returns the report."""
+    out = Path(out_dir)
+    rows = add_ratios(read_csv(out / "bench.csv"))
+    machine = json.loads((out / "machine.json").read_text(encoding="utf-8"))
+    report = render_markdown(rows, machine, title=machine.get("title", "bit-keras bench"))
+    (out / "bench.md").write_text(report, encoding="utf-8")
+    return report

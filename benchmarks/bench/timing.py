@@ -1,0 +1,139 @@
+"""Timing and peak-memory probes shared by every benchmark row (standard library and NumPy only).
+
+Kept free of TensorFlow and of the rest of the package so that the timm peer (``timm_peer.py``) can use
+it from a PyTorch-only interpreter.
+
+Example:
+    >>> from types import SimpleNamespace
+    >>> spec = SimpleNamespace(warmup=1, repeats=2, min_seconds=0.02, min_steps=2)
+    >>> r = time_steps(lambda: time.sleep(0.005), 4, spec)
+    >>> 0 < r["images_per_s"] <= 800, r["steps"] >= 4
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def cores() -> int:
+    """CPU cores this process may run on.
+
+    Example:
+        >>> cores() >= 1
+        True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load1() -> float | None:
+    """The 1-minute load average (how busy the machine was), or None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class MemoryProbe:
+    """Peak memory of one case: GPU allocator peak, or growth of the process's RSS high-water mark.
+
+    Example:
+        >>> probe = MemoryProbe(gpu=False); probe.start()
+        >>> block = bytearray(64 << 20); block[::4096] = b"x" * len(block[::4096])
+        >>> mb, kind = probe.peak_mb(); del block
+        >>> mb > 50, kind in ("rss_hwm_delta", "ru_maxrss_delta")
+        (True, True)
+    """
+
+    def __init__(self, gpu: bool = False):
+        self.gpu = gpu
+        self.base_kb = 0
+        self.kind = "gpu_peak" if gpu else "rss_hwm_delta"
+
+    def start(self) -> None:
+        """Reset the high-water marks; the peak is measured from here."""
+        if self.gpu:
+            import tensorflow as tf
+
+            tf.config.experimental.reset_memory_stats("GPU:0")
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+            self.base_kb = _proc_status_kb("VmHWM") or 0
+            self.kind = "rss_hwm_delta" if self.base_kb else "ru_maxrss_delta"
+        except OSError:
+            self.kind = "ru_maxrss_delta"
+        if self.kind == "ru_maxrss_delta":
+            self.base_kb = _proc_status_kb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_mb(self) -> tuple[float, str]:
+        """(peak MB since :meth:`start`, what was measured)."""
+        if self.gpu:
+            import tensorflow as tf
+
+            return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, self.kind
+        if self.kind == "rss_hwm_delta":
+            peak = _proc_status_kb("VmHWM") or 0
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, peak - self.base_kb) / 1024, self.kind
+
+
+def sync(value: Any) -> None:
+    """Wait for ``value`` (a tensor, a dict of them, or a Python number) to be computed."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        value = next(iter(value.values()))
+    np.asarray(value)
+
+
+def time_steps(step: Callable[[], Any], images_per_step: int, spec: Any) -> dict[str, Any]:
+    """Warm up, then time ``spec.repeats`` runs of at least ``spec.min_steps`` steps and ``spec.min_seconds``.
+
+    Returns images/s (median and best of the repeats), the first call's seconds (tracing, compiling),
+    the steps and seconds timed, and the process CPU time per image (all threads; on a busy machine the
+    wall-clock rates drop but this stays close to the work done). ``spec`` needs ``warmup``, ``repeats``,
+    ``min_seconds`` and ``min_steps``.
+    """
+    t0 = time.perf_counter()
+    sync(step())
+    first = time.perf_counter() - t0
+    for _ in range(max(0, spec.warmup - 1)):
+        sync(step())
+    rates, total_steps, total_seconds, cpu0 = [], 0, 0.0, time.process_time()
+    for _ in range(max(1, spec.repeats)):
+        n, start = 0, time.perf_counter()
+        while True:
+            sync(step())
+            n += 1
+            elapsed = time.perf_counter() - start
+            if n >= spec.min_steps and elapsed >= spec.min_seconds:
+                break
+        rates.append(n * images_per_step / elapsed)
+        total_steps += n
+        total_seconds += elapsed
+    cpu_ms = (time.process_time() - cpu0) / (total_steps * images_per_step) * 1000
+    return {"images_per_s": statistics.median(rates), "images_per_s_max": max(rates), "first_call_s": first,
+            "steps": total_steps, "seconds": total_seconds, "cpu_ms_per_image": cpu_ms}
