@@ -25,8 +25,8 @@ from typing import Any
 # Public name -> its module, imported on first use: the registry and its server need no TensorFlow.
 _LAZY: dict[str, str] = {
     "ExportError": "bit_keras.errors",
-    "export": "hub_export.export",
-    "fold_weight_standardization": "hub_export.export",
+    "export": "hub_export.saved_model",
+    "fold_weight_standardization": "hub_export.saved_model",
     "HandleNotFoundError": "hub_export.registry",
     "InvalidHandleError": "hub_export.registry",
     "Registry": "hub_export.registry",

@@ -57,7 +57,8 @@ def multi_worker_resume(out):
     import json
     import signal
 
-    from bit_keras.recipes.pretrain import Preempted, pretrain
+    from bit_keras.errors import Preempted
+    from bit_keras.recipes.pretrain import pretrain
 
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     preempt_at = int(os.environ.get("BIT_TEST_PREEMPT_AT", "0"))

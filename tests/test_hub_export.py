@@ -22,7 +22,7 @@ import hub_export
 from hub_export import load as bk_hub
 from bit_keras.commands import hub as hub_cmd
 from hub_export import ExportError, Registry, export
-from hub_export.export import model_input_range
+from hub_export.saved_model import model_input_range
 
 NUM_CLASSES = 3
 LABELS = ["red", "green", "blue"]
@@ -183,7 +183,7 @@ def test_failed_export_leaves_nothing(model: keras.Model, tmp_path: Path, monkey
         Path(path, "saved_model.pb").write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(sys.modules["hub_export.export"], "_ReusableModule", lambda *a, **k: SimpleNamespace(serve=None))
+    monkeypatch.setattr(sys.modules["hub_export.saved_model"], "_ReusableModule", lambda *a, **k: SimpleNamespace(serve=None))
     monkeypatch.setattr(tf.saved_model, "save", broken_save)
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="disk full"):

@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 
 import bit_keras
-from bit_keras.recipes.pretrain import Preempted, UpstreamStep, pretrain
-from bit_keras.train.engine import make_optimizer
+from bit_keras.errors import Preempted
+from bit_keras.recipes.pretrain import pretrain
+from bit_keras.train.step import TrainStep, make_optimizer
 from bit_keras.recipes.upstream import PRESETS, get_preset
 from tests.pretrain_worker import SETTINGS, data
 
@@ -56,8 +57,8 @@ def test_sigmoid_loss_and_weight_decay_gradients():
     optimizer = make_optimizer(model)
     x = tf.random.stateless_uniform((4, 16, 16, 3), seed=(1, 2))
     y = tf.one_hot([0, 1, 2, 0], 3)
-    plain = UpstreamStep(model, optimizer, strategy, batch_size=4, loss="sigmoid")
-    decayed = UpstreamStep(model, optimizer, strategy, batch_size=4, loss="sigmoid", weight_decay=0.1)
+    plain = TrainStep(model, optimizer, strategy, batch_size=4, loss="sigmoid")
+    decayed = TrainStep(model, optimizer, strategy, batch_size=4, loss="sigmoid", weight_decay=0.1)
     loss0, g0 = plain._loss_and_grads(x, y)
     loss1, g1 = decayed._loss_and_grads(x, y)
     logits = model(x).numpy().astype(np.float64)
@@ -99,7 +100,7 @@ def _same_weights(a, b):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted):
+def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted, capsys):
     images, labels = data()
 
     def crash(step, logs):
@@ -108,8 +109,11 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted
 
     with pytest.raises(KeyboardInterrupt):
         pretrain("BiT-tiny", (images, labels), output_dir=tmp_path, on_step=crash, **RESUME_SETTINGS)
+    capsys.readouterr()
     resumed = pretrain("BiT-tiny", (images, labels), output_dir=tmp_path, **RESUME_SETTINGS)
-    assert resumed.history["step"][0] == 5  # restarted from the checkpoint of step 4
+    assert "Resuming from step 4 of" in capsys.readouterr().out  # restarted from the checkpoint of step 4
+    assert resumed.history["step"] == uninterrupted.history["step"]  # the earlier steps read back
+    np.testing.assert_allclose(resumed.history["loss"], uninterrupted.history["loss"], rtol=1e-5)
     _same_weights(uninterrupted, resumed)
 
 

@@ -17,7 +17,8 @@ from sklearn.datasets import load_digits
 
 import bit_keras
 from bit_keras.models.spec import ArchSpec
-from bit_keras.recipes.transfer import TrainingDivergedError, evaluate_run, scale_schedule, transfer
+from bit_keras.errors import TrainingDivergedError
+from bit_keras.recipes.transfer import evaluate_run, scale_schedule, transfer
 from bit_keras.models.presets import ModelInfo
 
 TINY = "test-tiny"

@@ -92,7 +92,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hub_export.export import export
+    from hub_export.saved_model import export
     from hub_export.registry import Registry
 
     registry = Registry(args.registry)

@@ -1,11 +1,24 @@
-"""``bit-keras pretrain``: upstream pre-training with the BiT recipe under tf.distribute."""
+"""``bit-keras pretrain``: upstream pre-training with the BiT recipe under tf.distribute.
+
+Flags are the settings of :func:`bit_keras.pretrain` (``--jit-compile`` is ``jit_compile=``); a flag left out
+keeps the preset's (or the engine's) value.
+
+Example:
+    >>> from bit_keras.cli import build_parser
+    >>> args = build_parser().parse_args(["pretrain", "--dataset", "digits", "--epochs", "3", "--preemption", "signal"])
+    >>> sorted(pretrain_overrides(args).items())
+    [('epochs', 3), ('preemption', 'signal')]
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from bit_keras.cli.options import add_data_flags, add_engine_flags, engine_overrides, overrides
 
 PREEMPTED_EXIT_CODE = 42  # TensorFlow's restart code for preempted workers (TerminationConfig's default)
+PRETRAIN_FLAGS = ("split", "data_dir", "strict", "flip", "seed", "epochs", "batch_size", "image_size", "preemption")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,37 +27,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Upstream pre-training with the BiT recipe. Started again with the same --output, a run "
         "resumes from its last checkpoint. The chief writes checkpoints, weights.npz and model.keras.")
     p.add_argument("--model", default="BiT-S-R50x1", help="zoo name whose architecture to train [BiT-S-R50x1]")
-    p.add_argument("--dataset", required=True, help="image folder (one sub-folder per class) or tfds name[:split]")
+    add_data_flags(p)
     p.add_argument("--preset", default="BiT-S", help="BiT-S, BiT-M, BiT-L or tiny [BiT-S]")
     p.add_argument("--output", default=None, help="run folder")
     p.add_argument("--strategy", default="auto", help="auto, tpu, multi_worker, mirrored, one_device [auto]")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch [preset's]")
-    p.add_argument("--batch-split", type=int, default=1, help="gradient accumulation over N micro-batches")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"), default=None)
-    p.add_argument("--jit", action="store_true", help="XLA-compile the per-replica step")
-    p.add_argument("--remat", action="store_true",
-                   help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
-    p.add_argument("--preemption", choices=("auto", "tf", "signal"), default="auto",
+    p.add_argument("--preemption", choices=("auto", "tf", "signal"), default=None,
                    help="how preemption notices are heard: TF's PreemptionCheckpointHandler or a SIGTERM flag [auto]; "
                         "on one, a checkpoint is saved and the command exits with code 42 (run it again to resume)")
     p.add_argument("--export-handle", default=None, help="publish the backbone in the registry under this handle")
     p.add_argument("--registry", default=None, help="registry root [$BIT_KERAS_REGISTRY or the cache]")
-    p.add_argument("--seed", type=int, default=0)
+    add_engine_flags(p, checkpoint_every=500)
     p.set_defaults(func=_pretrain)
 
 
-def _pretrain(args: argparse.Namespace) -> int:
-    from bit_keras.recipes.pretrain import Preempted, pretrain
+def pretrain_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, as keyword overrides of :func:`bit_keras.pretrain`."""
+    return {**overrides(args, PRETRAIN_FLAGS), **engine_overrides(args)}
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                   ("image_size", args.image_size)) if v is not None}
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from bit_keras.errors import Preempted
+    from bit_keras.recipes.pretrain import pretrain
+
     try:
         result = pretrain(args.model, args.dataset, preset=args.preset, output_dir=args.output,
-                          strategy=args.strategy, batch_split=args.batch_split, mixed_precision=args.mixed_precision,
-                          jit_compile=args.jit, remat=args.remat, preemption=args.preemption,
-                          export_handle=args.export_handle, registry=args.registry, seed=args.seed, **overrides)
+                          strategy=args.strategy, export_handle=args.export_handle, registry=args.registry,
+                          **pretrain_overrides(args))
     except Preempted as e:
         print(f"preempted: {e}")
         return PREEMPTED_EXIT_CODE

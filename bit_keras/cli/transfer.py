@@ -1,8 +1,13 @@
 """``bit-keras transfer | evaluate``: fine-tune a BiT model with the HyperRule, and score a saved run.
 
+Flags are the settings of :func:`bit_keras.transfer` (``--base-lr`` is ``base_lr=``, ``--jit-compile`` is
+``jit_compile=``); a flag left out keeps the HyperRule's (or the engine's) choice.
+
 Example:
-    bit-keras transfer --model BiT-M-R50x1 --dataset ./flowers --examples-per-class 5 --output runs/x
-    bit-keras evaluate runs/x --dataset ./flowers_test
+    >>> from bit_keras.cli import build_parser
+    >>> args = build_parser().parse_args(["transfer", "--dataset", "flowers", "--base-lr", "0.01", "--remat"])
+    >>> sorted(transfer_overrides(args).items())
+    [('base_lr', 0.01), ('remat', True)]
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
+
+from bit_keras.cli.options import add_data_flags, add_engine_flags, engine_overrides, overrides
+
+HYPERRULE_FLAGS = ("batch_size", "base_lr", "mixup_alpha", "resize", "crop")
+TRANSFER_FLAGS = ("split", "data_dir", "strict", "flip", "seed", "rule", "steps", "eval_every", "input_range")
 
 
 def _weights(value: str) -> str | None:
@@ -34,37 +44,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "data). Started again with the same --output, a run resumes from its last checkpoint.",
     )
     p.add_argument("--model", default="BiT-M-R50x1", help="zoo name (bit-keras list) or hub handle [BiT-M-R50x1]")
-    p.add_argument("--dataset", required=True, help="image folder (one sub-folder per class) or tfds name[:split]")
+    add_data_flags(p)
     p.add_argument("--output", default=None, help="run folder: checkpoints, TensorBoard, model.keras, metrics.json")
     p.add_argument("--weights", default="pretrained", type=_weights,
                    help="'pretrained' (download), a local .npz path or URL, or 'none' for random init")
     p.add_argument("--examples-per-class", type=int, default=None, help="few-shot: examples per class")
     p.add_argument("--validation", default=None,
                    help="validation split of a tfds --dataset (e.g. test) or another folder / tfds name")
-    p.add_argument("--split", default="train", help="split of a tfds --dataset [train]")
-    p.add_argument("--batch-size", type=int, default=512, help="global batch [512]")
-    p.add_argument("--batch-split", type=int, default=None, help="gradient accumulation over N micro-batches")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch [512]")
     p.add_argument("--steps", type=int, default=None, help="schedule length (HyperRule supports scaled)")
     p.add_argument("--base-lr", type=float, default=None, help="base learning rate [0.003]")
     p.add_argument("--mixup-alpha", type=float, default=None, help="override the HyperRule mixup alpha")
     p.add_argument("--resize", type=int, default=None, help="override the HyperRule resize")
     p.add_argument("--crop", type=int, default=None, help="override the HyperRule crop")
-    p.add_argument("--rule", choices=("code", "paper"), default="code", help="HyperRule variant [code]")
-    p.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"), default=None)
+    p.add_argument("--rule", choices=("code", "paper"), default=None, help="HyperRule variant [code]")
     p.add_argument("--strategy", default="auto",
                    help="auto, default, mirrored, multi_worker, one_device, tpu (see bit_keras.train.distribute) [auto]")
-    p.add_argument("--no-flip", action="store_true", help="no random left-right flips")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jit", action="store_true", help="compile the training step with XLA")
-    p.add_argument("--remat", action="store_true",
-                   help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints [100]")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation runs")
-    p.add_argument("--input-range", type=_input_range, default=(0.0, 1.0),
+    p.add_argument("--input-range", type=_input_range, default=None,
                    help="range of the images fed to the model, e.g. --input-range=-1,1 [0,1]")
-    p.add_argument("--lenient", action="store_true", help="skip bad images instead of failing")
-    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_flags(p)
     p.set_defaults(func=_transfer)
 
     p = subparsers.add_parser("evaluate", help="top-1/top-5 of a saved transfer run on a dataset (JSON)")
@@ -76,23 +75,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_evaluate)
 
 
+def transfer_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, as keyword overrides of :func:`bit_keras.transfer`."""
+    return {**overrides(args, TRANSFER_FLAGS + HYPERRULE_FLAGS), **engine_overrides(args)}
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from bit_keras.recipes.transfer import transfer
 
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in (("base_lr", args.base_lr), ("mixup_alpha", args.mixup_alpha), ("resize", args.resize),
-                     ("crop", args.crop))
-        if v is not None
-    }
-    result = transfer(
-        args.model, args.dataset, examples_per_class=args.examples_per_class, validation=args.validation,
-        output_dir=args.output, batch_size=args.batch_size, batch_split=args.batch_split, strategy=args.strategy,
-        mixed_precision=args.mixed_precision, weights=args.weights, split=args.split, seed=args.seed,
-        flip=not args.no_flip, rule=args.rule, steps=args.steps, checkpoint_every=args.checkpoint_every,
-        eval_every=args.eval_every, jit_compile=args.jit, remat=args.remat, input_range=args.input_range, strict=not args.lenient,
-        progress=not args.quiet, data_dir=args.data_dir, **overrides,
-    )
+    result = transfer(args.model, args.dataset, examples_per_class=args.examples_per_class,
+                      validation=args.validation, output_dir=args.output, weights=args.weights,
+                      strategy=args.strategy, **transfer_overrides(args))
     print(json.dumps(result.metrics, indent=2))
     return 0
 

@@ -3,6 +3,7 @@
 * :func:`train_pipeline`: the reference's training preprocessing: resize, random crop, random flip,
   batch, mixup (stateless, so a seed reproduces the stream exactly and a resumed run sees the same batches);
 * :func:`eval_pipeline`: resize straight to the crop size, batch;
+* :func:`upstream_pipeline`: the upstream (pre-training) augmentation: inception crop, flip, one-hot labels;
 * :func:`mixup`: one ``Beta(alpha, alpha)`` mix of a batch with its reverse.
 
 Example:
@@ -18,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -142,3 +144,47 @@ def eval_pipeline(
         num_parallel_calls=AUTOTUNE,
     )
     return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def upstream_pipeline(ds: tf.data.Dataset, info: DatasetInfo, *, image_size: int, batch_size: int,
+                      min_crop_area: float = 0.05, flip: bool = True, input_range: Sequence[float] = (0.0, 1.0),
+                      seed: int = 0, repeat: bool = True) -> tf.data.Dataset:
+    """Upstream training batches: inception-style crop (area 5-100%, aspect 3/4-4/3) resized to
+    ``image_size``, random flip, scaled to ``input_range``; one-hot labels. Deterministic for a seed
+    (stateless ops keyed by the element's position), so a resumed run sees the same batches. The shuffle
+    order also depends on TensorFlow's global seed when one is set (``tf.random.set_seed``,
+    ``keras.utils.set_random_seed``): resume under the same setting.
+
+    Example:
+        >>> import numpy as np
+        >>> from bit_keras.data.sources import load_dataset
+        >>> ds, info = load_dataset((np.zeros((8, 20, 20, 3), np.uint8), np.arange(8) % 2))
+        >>> x, y = next(iter(upstream_pipeline(ds, info, image_size=16, batch_size=4)))
+        >>> x.shape.as_list(), y.shape.as_list()
+        ([4, 16, 16, 3], [4, 2])
+    """
+    lo, hi = (float(v) for v in input_range)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.uint8), tf.cast(y, tf.int64)), num_parallel_calls=AUTOTUNE).cache()
+    ds = ds.shuffle(max(1, min(100_000, info.num_examples)), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+
+    def augment(i: tf.Tensor, xy: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        image, label = xy
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=tf.stack([tf.constant(seed, tf.int64), 2 * i]), min_object_covered=0.0,
+            aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_crop_area, 1.0), max_attempts=10,
+            use_image_if_no_bounding_boxes=True)
+        image = tf.slice(image, begin, size)
+        image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), method="bilinear")
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([tf.constant(seed, tf.int64),
+                                                                                   2 * i + 1]))
+        image = tf.clip_by_value(image, 0.0, 255.0) * ((hi - lo) / 255.0) + lo
+        return image, tf.one_hot(label, info.num_classes, dtype=tf.float32)
+
+    ds = ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.batch(batch_size, drop_remainder=True).with_options(options).prefetch(AUTOTUNE)

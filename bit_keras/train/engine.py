@@ -1,340 +1,273 @@
-"""The fine-tuning loop behind :func:`bit_keras.recipes.transfer.transfer`: a custom ``tf.distribute`` training loop.
+"""The training engine every recipe runs on: :class:`Trainer`.
 
-* :func:`make_optimizer`: SGD with momentum (and a ``LossScaleOptimizer`` for float16), built for the
-  model's variables; call it under ``strategy.scope()``.
-* :class:`TrainStep`: one optimizer step on a global batch, distributed over the strategy's replicas, with
-  gradient accumulation over ``batch_split`` micro-batches and optional XLA.
-* :func:`evaluate_model`: top-1 / top-5 / loss over a batched evaluation dataset.
-* :func:`run_loop`: the loop itself: HyperRule learning rate per step, NaN stop, checkpoints, progress bar,
-  TensorBoard scalars, history.
+It owns what every run needs and no recipe should write twice: the ``tf.distribute`` strategy (variables
+created under its scope, batches sharded by DATA), the dtype policy, the optimizer and the step
+(:class:`~bit_keras.train.step.TrainStep`: micro-batches, mixed precision, XLA, remat), checkpoints written by
+the chief and exact resume (``run.json`` checked against :attr:`RunConfig.RESUME_KEYS`; the input stream
+skipped to the resumed step; the history read back), pre-emption notices, the NaN stop, the history,
+TensorBoard scalars and the progress bar. A recipe (:mod:`bit_keras.recipes`) gives it a model builder, a
+loss, a learning-rate schedule, a batch stream and an optional evaluation, and writes its own result files.
+
+Output folder (when given): ``run.json``, ``history.json``, ``checkpoints/`` and ``tensorboard/``, written by
+the chief only (other workers keep theirs in a scratch folder that is removed when the run ends).
 
 Example:
     >>> import numpy as np, tensorflow as tf
     >>> from bit_keras.models.resnet import resnet_v2
-    >>> strategy = tf.distribute.get_strategy()
-    >>> model = resnet_v2((1, 1, 1, 1), 0.25, num_classes=3, groups=8)
-    >>> optimizer = make_optimizer(model, momentum=0.9)
-    >>> step = TrainStep(model, optimizer, strategy, batch_size=4, batch_split=2)
-    >>> x, y = np.random.rand(4, 32, 32, 3).astype("float32"), tf.one_hot([0, 1, 2, 0], 3)
-    >>> float(step(tf.data.Dataset.from_tensors((x, y)).get_single_element())) > 0
-    True
+    >>> from bit_keras.train.config import EngineConfig, RunConfig
+    >>> run = RunConfig("doc", "R14x0.25", None, engine=EngineConfig(batch_size=4, progress=False))
+    >>> batches = tf.data.Dataset.from_tensors((np.random.rand(4, 32, 32, 3).astype("float32"),
+    ...                                         tf.one_hot([0, 1, 2, 0], 3))).repeat()
+    >>> with Trainer(run) as trainer:
+    ...     model = trainer.build(lambda: resnet_v2("R14x0.25", num_classes=3))
+    ...     stats = trainer.fit(batches, steps=3, lr_at=lambda step: 0.01)
+    >>> trainer.history["step"], stats["steps_run"]
+    ([1, 2, 3], 3)
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
-import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from bit_keras.models.policy import MIXED_PRECISION_POLICIES
-from bit_keras.errors import ConfigError, DataError, TrainingDivergedError
-from bit_keras.train.remat import remat_forward
+from bit_keras.atomic import write_json
+from bit_keras.errors import ConfigError, TrainingDivergedError
+from bit_keras.models.policy import dtype_policy
+from bit_keras.train.checkpoint import Checkpointer
+from bit_keras.train.config import RunConfig
+from bit_keras.train.distribute import distribute_dataset, get_strategy, is_chief
+from bit_keras.train.history import new_history, record_eval, truncate_history
+from bit_keras.train.metrics import weights_finite
+from bit_keras.train.preemption import preemption_guard
+from bit_keras.train.step import TrainStep, make_optimizer, set_learning_rate
+
+RUN_FILE = "run.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 
 
+class Trainer:
+    """One training run on one strategy; use it as a context manager (it closes its writer and scratch folder).
 
-def make_optimizer(
-    model: keras.Model, *, momentum: float = 0.9, weight_decay: float = 0.0, mixed_precision: str | None = None
-) -> keras.optimizers.Optimizer:
-    """SGD with momentum whose learning rate the loop assigns each step, built for ``model``'s variables.
-
-    ``mixed_precision="mixed_float16"`` wraps it in a dynamic ``LossScaleOptimizer``. Call it under the
-    strategy's scope: the optimizer must be built there before the first distributed step.
-
-    Example:
-        >>> from bit_keras.models.resnet import resnet_v2
-        >>> opt = make_optimizer(resnet_v2((1, 1, 1, 1), 0.25, num_classes=2, groups=8))
-        >>> float(opt.learning_rate), len(opt.variables) > 2
-        (0.0, True)
-    """
-    kwargs: dict[str, Any] = {"learning_rate": 0.0, "momentum": momentum}
-    if weight_decay:
-        kwargs["weight_decay"] = weight_decay
-    optimizer: keras.optimizers.Optimizer = keras.optimizers.SGD(**kwargs)
-    if mixed_precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    return optimizer
-
-
-def set_learning_rate(optimizer: keras.optimizers.Optimizer, lr: float) -> None:
-    """Assign ``lr`` to the optimizer's learning-rate variable (the inner one for loss scaling)."""
-    optimizer.learning_rate.assign(lr)
-
-
-class TrainStep:
-    """One optimizer step on a global batch: loss, gradients (accumulated over micro-batches), update.
-
-    The loss is softmax cross-entropy on the (possibly mixed) one-hot labels, averaged over the GLOBAL
-    batch with ``tf.nn.compute_average_loss``; the optimizer sums the replicas' gradients. With
-    ``batch_split=k`` each replica's share is cut into k micro-batches whose gradients are summed before
-    the single update, so the update equals that of the full batch. ``jit_compile`` compiles the
-    per-replica loss-and-gradient function with XLA (the update stays outside, as MirroredStrategy needs).
-    ``remat=True`` recomputes each residual unit's activations in the backward pass (:mod:`bit_keras.train.remat`).
-    Calling the object runs one step and returns the global mean loss (a float32 scalar tensor).
+    Args:
+        run: the run's :class:`~bit_keras.train.config.RunConfig` (its ``engine`` holds the engine settings).
+        strategy: a ``tf.distribute.Strategy``, a name for :func:`~bit_keras.train.distribute.get_strategy`
+            (``"auto"``, ``"mirrored"``...), or None for the current (default) strategy.
+        output_dir: where checkpoints, ``run.json``, ``history.json`` and TensorBoard logs go; None keeps
+            nothing (no resume).
     """
 
-    def __init__(
-        self,
-        model: keras.Model,
-        optimizer: keras.optimizers.Optimizer,
-        strategy: tf.distribute.Strategy,
-        *,
-        batch_size: int,
-        batch_split: int = 1,
-        jit_compile: bool = False,
-        remat: bool = False,
-    ) -> None:
-        replicas = strategy.num_replicas_in_sync
-        if batch_size % (replicas * batch_split):
-            raise ConfigError(
-                f"batch_size {batch_size} must be divisible by replicas ({replicas}) x batch_split ({batch_split}) "
-                f"= {replicas * batch_split}: choose a batch_size that is a multiple of it"
-            )
-        self.model, self.optimizer, self.strategy = model, optimizer, strategy
-        self.batch_size, self.batch_split = batch_size, batch_split
-        self.micro = batch_size // replicas // batch_split
-        # The forward pass used for gradients: the model itself, or the same layers with each residual unit
-        # recomputed in the backward pass (bit_keras.train.remat: less activation memory, ~1/3 more compute).
-        self.forward: Callable[..., Any] = remat_forward(model) if remat else model
-        self._grads = tf.function(self._loss_and_grads, jit_compile=jit_compile, autograph=False)
-        self._step = tf.function(self._distributed_step, autograph=False)
+    def __init__(self, run: RunConfig, *, strategy: str | tf.distribute.Strategy | None = None,
+                 output_dir: str | Path | None = None) -> None:
+        self.run, self.config = run, run.engine
+        self.strategy = get_strategy(strategy)
+        self.chief = is_chief(self.strategy)
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._scratch: Path | None = None
+        self.work_dir: Path | None = None
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # Multi-worker: only the chief writes into output_dir; the others write the same files to a scratch
+            # folder and resume from the chief's checkpoints.
+            self.work_dir = self.output_dir if self.chief else Path(tempfile.mkdtemp(prefix="bit_keras_worker_"))
+            self._scratch = None if self.chief else self.work_dir
+        self.history: dict[str, list] = new_history()
+        self.start = 0
+        self.model: keras.Model | None = None
+        self.step: TrainStep | None = None
+        self.checkpointer: Checkpointer | None = None
+        self._writer: Any = None
 
-    def _micro_grads(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = tf.cast(self.forward(images, training=True), tf.float32)
-            per_example = tf.nn.softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.batch_size)
-            scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-        return loss, grads
+    # ------------------------------------------------------------------ set-up
 
-    def _loss_and_grads(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        k, m = self.batch_split, self.micro
-        if k == 1:
-            return self._micro_grads(images, labels)
-        images = tf.reshape(images, tf.concat([[k, m], tf.shape(images)[1:]], 0))
-        labels = tf.reshape(labels, tf.concat([[k, m], tf.shape(labels)[1:]], 0))
-        zeros = [tf.zeros_like(v) for v in self.model.trainable_variables]
+    def build(self, build_model: Callable[[], keras.Model], *, loss: str = "softmax", weight_decay: float = 0.0,
+              optimizer_weight_decay: float = 0.0, momentum: float = 0.9) -> keras.Model:
+        """Build the model (under the strategy's scope and the dtype policy), the optimizer and the step, and
+        restore the latest checkpoint of ``output_dir`` when there is one (after checking it is this run).
 
-        def body(i: tf.Tensor, loss: tf.Tensor, acc: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
-            l, g = self._micro_grads(images[i], labels[i])
-            return i + 1, loss + l, [a + b for a, b in zip(acc, g)]
+        ``loss``: ``"softmax"`` or ``"sigmoid"`` cross-entropy; ``weight_decay``: L2 on the kernels, in the
+        loss; ``optimizer_weight_decay``: the optimizer's decoupled decay.
+        """
+        c = self.config
+        with self.strategy.scope(), dtype_policy(c.mixed_precision):
+            model = build_model()
+            optimizer = make_optimizer(model, momentum=momentum, weight_decay=optimizer_weight_decay,
+                                       mixed_precision=c.mixed_precision)
+        self.model = model
+        self.step = TrainStep(model, optimizer, self.strategy, batch_size=c.batch_size, batch_split=c.batch_split,
+                              jit_compile=c.jit_compile, remat=c.remat, loss=loss, weight_decay=weight_decay)
+        if self.work_dir is not None:
+            self.checkpointer = Checkpointer(model, optimizer, self.work_dir / CHECKPOINT_DIR, keep=c.keep_checkpoints)
+        self.start = self._resume()
+        return model
 
-        _, loss, grads = tf.while_loop(
-            lambda i, *_: i < k, body, (tf.constant(0), tf.constant(0.0), zeros), maximum_iterations=k
-        )
-        return loss, grads
-
-    def _replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        loss, grads = self._grads(images, labels)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-        return loss
-
-    def _distributed_step(self, batch: Any) -> tf.Tensor:
-        per_replica = self.strategy.run(self._replica_step, args=batch)
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    def __call__(self, batch: Any) -> tf.Tensor:
-        return self._step(batch)
-
-
-def evaluate_model(
-    model: keras.Model, dataset: tf.data.Dataset, *, num_classes: int | None = None, jit_compile: bool = False
-) -> dict[str, float]:
-    """Top-1, top-5 (``min(5, classes)``) accuracy and mean cross-entropy over ``(images, int labels)`` batches.
-
-    Ties are broken towards the lower class index (as ``argmax``), so an untrained zero head scores chance,
-    not 100%.
-
-    Example:
-        >>> import numpy as np
-        >>> from bit_keras.models.resnet import resnet_v2
-        >>> m = resnet_v2((1, 1, 1, 1), 0.25, num_classes=3, groups=8)
-        >>> ds = tf.data.Dataset.from_tensor_slices((np.zeros((6, 32, 32, 3), "float32"), [0, 1, 2, 0, 1, 2])).batch(4)
-        >>> r = evaluate_model(m, ds)
-        >>> round(r["top1"], 3), r["top5"], r["num_examples"], round(r["loss"], 4)
-        (0.333, 1.0, 6, 1.0986)
-    """
-
-    @tf.function(jit_compile=jit_compile, autograph=False)
-    def batch_stats(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        logits = tf.cast(model(images, training=False), tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        true = tf.gather(logits, labels, axis=1, batch_dims=1)[:, None]
-        index = tf.range(tf.shape(logits)[1])[None, :]
-        ahead = tf.logical_or(logits > true, tf.logical_and(logits == true, index < labels[:, None]))
-        rank = tf.reduce_sum(tf.cast(ahead, tf.int32), axis=1)
-        loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        return rank, loss, tf.shape(logits)[1]
-
-    ranks, losses, classes = [], [], num_classes
-    for images, labels in dataset:
-        rank, loss, c = batch_stats(images, labels)
-        ranks.append(rank.numpy())
-        losses.append(loss.numpy())
-        classes = int(c)
-    if not ranks:
-        raise DataError("the evaluation dataset is empty: pass a validation source with at least one example")
-    rank, loss = np.concatenate(ranks), np.concatenate(losses)
-    k = min(5, classes or 5)
-    return {
-        "top1": float(np.mean(rank < 1)),
-        "top5": float(np.mean(rank < k)),
-        "loss": float(np.mean(loss)),
-        "num_examples": int(rank.size),
-    }
-
-
-def weights_finite(model: keras.Model) -> bool:
-    """Whether every weight of ``model`` is finite."""
-    return all(bool(np.all(np.isfinite(np.asarray(v.numpy(), np.float64)))) for v in model.weights)
-
-
-class Checkpointer:
-    """``tf.train.Checkpoint(model, optimizer, step)`` in ``directory`` with a manager keeping the last ``keep``."""
-
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, directory: str | os.PathLike,
-                 keep: int = 2) -> None:
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.fspath(directory), max_to_keep=keep)
+    def _resume(self) -> int:
+        """Restore the chief's latest checkpoint (0 when there is none) and write or check ``run.json``."""
+        if self.output_dir is None or self.checkpointer is None:
+            return 0
+        run_file = self.output_dir / RUN_FILE
+        latest = tf.train.latest_checkpoint(str(self.output_dir / CHECKPOINT_DIR))
+        if latest is None:
+            if self.chief:
+                write_json(run_file, self.run.to_dict())
+            return 0
+        try:
+            saved = json.loads(run_file.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{run_file} is missing or unreadable ({err}), but {self.output_dir} has checkpoints: "
+                              "use a new output_dir or delete the old run") from err
+        self.run.check_resumable(saved, self.output_dir)
+        start = self.checkpointer.restore(latest)
+        if self.chief:
+            write_json(run_file, self.run.to_dict())  # the engine settings may have changed
+        history_file = self.output_dir / HISTORY_FILE
+        if history_file.exists():
+            self.history = truncate_history(json.loads(history_file.read_text()), start)
+        if self.config.progress or start:
+            print(f"  resuming from step {start} ({latest})")
+        return start
 
     @property
-    def latest(self) -> str | None:
-        return self.manager.latest_checkpoint
+    def writer(self) -> Any:
+        """The TensorBoard writer of the chief's output folder (None without one)."""
+        if self._writer is None and self.chief and self.output_dir is not None:
+            self._writer = tf.summary.create_file_writer(str(self.output_dir / TENSORBOARD_DIR))
+        return self._writer
 
-    def restore(self, path: str | None = None) -> int:
-        """Restore checkpoint ``path`` (default: this folder's latest) if there is one; returns its step (0 if none)."""
-        path = path or self.manager.latest_checkpoint
-        if path is None:
-            return 0
-        self.checkpoint.restore(path).assert_existing_objects_matched()
-        return int(self.step.numpy())
+    # ------------------------------------------------------------------ training
 
-    def save(self, step: int) -> str:
-        self.step.assign(step)
-        return self.manager.save(checkpoint_number=step)
+    def fit(self, batches: tf.data.Dataset, *, steps: int, lr_at: Callable[[int], float | None],
+            evaluate: Callable[[], dict[str, float]] | None = None,
+            on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
+        """Train steps ``start .. steps - 1`` and save the final checkpoint; returns this call's
+        ``{"images_per_s", "loss", "steps_run"}``.
 
+        ``batches`` is the global batch stream from step 0, a deterministic function of the seed (a resumed
+        run skips the steps already done). ``lr_at(step)`` is the learning rate of each step. ``evaluate()``
+        runs every ``eval_every`` steps. ``on_step(completed, logs)`` runs after each step (and any
+        checkpoint); an exception from it stops the run, which a later identical call resumes.
+        """
+        if self.step is None:
+            raise ConfigError("Trainer.fit before Trainer.build: build the model first")
+        stats: dict[str, float] = {"images_per_s": float("nan"), "loss": float("nan"), "steps_run": 0}
+        if self.start < steps:
+            ds = batches.skip(self.start).take(steps - self.start)
+            options = tf.data.Options()
+            options.deterministic = True
+            iterator = iter(distribute_dataset(self.strategy, ds.with_options(options)))
+            guarded = self.config.preemption is not None and self.checkpointer is not None
+            guard_scope = (preemption_guard(self.strategy, self.checkpointer, self.config.preemption)  # type: ignore[arg-type]
+                           if guarded else contextlib.nullcontext(None))
+            with guard_scope as guard:
+                stats = self._loop(iterator, steps, lr_at, evaluate, on_step, guard)
+            if not weights_finite(self.step.model):
+                last = steps - 1
+                raise TrainingDivergedError(last, lr_at(last) or 0.0, stats["loss"],
+                                            self.checkpointer.latest if self.checkpointer else None,
+                                            what="model's weights after it")
+            if self.checkpointer is not None:
+                self.checkpointer.save(steps)
+        self.save_history()
+        return stats
 
-def run_loop(
-    *,
-    train_step: TrainStep,
-    batches: Iterator[Any],
-    lr_at: Callable[[int], float | None],
-    start_step: int,
-    steps: int,
-    history: dict[str, list],
-    checkpointer: Checkpointer | None = None,
-    checkpoint_every: int | None = 100,
-    save_history: Callable[[], None] | None = None,
-    evaluate: Callable[[], dict[str, float]] | None = None,
-    eval_every: int | None = None,
-    writer: Any = None,
-    progress: bool = True,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-) -> dict[str, float]:
-    """Run steps ``start_step .. steps-1``; returns ``{"images_per_s", "loss", "steps_run"}`` of this call.
+    def _loop(self, batches: Any, steps: int, lr_at: Callable[[int], float | None],
+              evaluate: Callable[[], dict[str, float]] | None, on_step: Callable[..., None] | None,
+              guard: Any) -> dict[str, float]:
+        step_fn, c = self.step, self.config
+        assert step_fn is not None
+        bar = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], unit_name="step") \
+            if c.progress and self.chief else None
+        if bar is not None and self.start:
+            bar.update(self.start)
+        timed_images, timed_seconds, loss_value = 0, 0.0, float("nan")
+        for step in range(self.start, steps):
+            lr = lr_at(step)
+            if lr is None:
+                raise ConfigError(f"the schedule ended before step {step}; steps={steps} exceeds it")
+            set_learning_rate(step_fn.optimizer, lr)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise ConfigError(f"the training data ran out at step {step}: pass a repeating dataset") from None
+            t0 = time.perf_counter()
+            loss_value = float(step_fn(batch))
+            seconds = time.perf_counter() - t0
+            if step > self.start:  # the first step of a call traces and compiles
+                timed_images += step_fn.batch_size
+                timed_seconds += seconds
+            images_per_s = step_fn.batch_size / seconds if seconds > 0 else float("inf")
+            if not math.isfinite(loss_value):
+                raise TrainingDivergedError(step, lr, loss_value, self.checkpointer.latest if self.checkpointer else None)
+            done = step + 1
+            logs = {"loss": loss_value, "lr": lr, "images_per_s": images_per_s}
+            self._log(done, logs)
+            if evaluate is not None and c.eval_every and done % c.eval_every == 0 and done < steps:
+                val = evaluate()
+                self.record_eval(done, val)
+                logs.update({f"val_{k}": v for k, v in val.items() if k != "num_examples"})
+            if self.checkpointer is not None and c.checkpoint_every and done % c.checkpoint_every == 0 and done < steps:
+                if not weights_finite(step_fn.model):
+                    raise TrainingDivergedError(step, lr, loss_value, self.checkpointer.latest,
+                                                what="model's weights after it")
+                self.checkpointer.save(done)
+                self.save_history()
+            if bar is not None:
+                bar.update(done, [("loss", loss_value), ("lr", lr), ("images/s", images_per_s)])
+            if guard is not None:
+                guard.check(done)  # saves and raises Preempted once told to stop (every worker at the same step)
+            if on_step is not None:
+                on_step(done, logs)
+        if self.writer is not None:
+            self.writer.flush()
+        return {"images_per_s": timed_images / timed_seconds if timed_seconds > 0 else float("nan"),
+                "loss": loss_value, "steps_run": steps - self.start}
 
-    Each step sets the HyperRule learning rate ``lr_at(step)``, runs ``train_step`` on the next batch,
-    checks the loss is finite (else :class:`TrainingDivergedError`, without saving), logs, and every
-    ``checkpoint_every`` completed steps saves a checkpoint (after checking the weights are finite).
-    ``on_step(completed_steps, logs)`` is called after each step, after any checkpoint; an exception raised
-    from it stops the run (use it to interrupt and resume). ``evaluate`` runs every ``eval_every`` steps.
-    """
-    model, optimizer = train_step.model, train_step.optimizer
-    bar = keras.utils.Progbar(steps, stateful_metrics=["lr", "images/s"], unit_name="step") if progress else None
-    if bar is not None and start_step:
-        bar.update(start_step)
-    timed_images, timed_seconds, loss_value = 0, 0.0, float("nan")
-    for step in range(start_step, steps):
-        lr = lr_at(step)
-        if lr is None:
-            raise ConfigError(f"the schedule ended before step {step}; steps={steps} exceeds it")
-        set_learning_rate(optimizer, lr)
-        try:
-            batch = next(batches)
-        except StopIteration:
-            raise RuntimeError(f"the training data ran out at step {step}: pass a repeating dataset") from None
-        t0 = time.perf_counter()
-        loss_value = float(train_step(batch))
-        seconds = time.perf_counter() - t0
-        if step > start_step:  # the first step of a call traces and compiles
-            timed_images += train_step.batch_size
-            timed_seconds += seconds
-        images_per_s = train_step.batch_size / seconds if seconds > 0 else float("inf")
-        if not math.isfinite(loss_value):
-            raise TrainingDivergedError(step, lr, loss_value, checkpointer.latest if checkpointer else None)
-        done = step + 1
-        logs = {"loss": loss_value, "lr": lr, "images_per_s": images_per_s}
-        history["step"].append(done)
+    def _log(self, done: int, logs: dict[str, float]) -> None:
+        self.history["step"].append(done)
         for key, value in logs.items():
-            history[key].append(value)
-        if writer is not None:
-            with writer.as_default(step=done):
-                tf.summary.scalar("train/loss", loss_value)
-                tf.summary.scalar("train/lr", lr)
-                tf.summary.scalar("train/images_per_s", images_per_s)
-        if evaluate is not None and eval_every and done % eval_every == 0 and done < steps:
-            val = evaluate()
-            record_eval(history, writer, done, val)
-            logs.update({f"val_{k}": v for k, v in val.items() if k != "num_examples"})
-        if checkpointer is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
-            if not weights_finite(model):
-                raise TrainingDivergedError(step, lr, loss_value, checkpointer.latest, what="model's weights after it")
-            checkpointer.save(done)
-            if save_history is not None:
-                save_history()
-        if bar is not None:
-            bar.update(done, [("loss", loss_value), ("lr", lr), ("images/s", images_per_s)])
-        if on_step is not None:
-            on_step(done, logs)
-    if writer is not None:
-        writer.flush()
-    return {
-        "images_per_s": timed_images / timed_seconds if timed_seconds > 0 else float("nan"),
-        "loss": loss_value,
-        "steps_run": steps - start_step,
-    }
+            self.history[key].append(value)
+        if self.writer is not None:
+            with self.writer.as_default(step=done):
+                for key, value in logs.items():
+                    tf.summary.scalar(f"train/{key}", value)
 
+    # ------------------------------------------------------------------ records
 
-def record_eval(history: dict[str, list], writer: Any, step: int, val: dict[str, float]) -> None:
-    """Append validation metrics to ``history`` (``val_step``, ``val_top1``...) and TensorBoard."""
-    history["val_step"].append(step)
-    for key in ("top1", "top5", "loss"):
-        history[f"val_{key}"].append(val[key])
-    if writer is not None:
-        with writer.as_default(step=step):
-            for key in ("top1", "top5", "loss"):
-                tf.summary.scalar(f"val/{key}", val[key])
-        writer.flush()
+    def record_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Add evaluation metrics to the history (replacing those of a finished run started again) and TensorBoard."""
+        record_eval(self.history, self.writer, step, metrics)
 
+    def text_summary(self, name: str, text: str) -> None:
+        """A TensorBoard text summary at step 0 (once: not on a resumed run)."""
+        if self.writer is not None and not self.start:
+            with self.writer.as_default(step=0):
+                tf.summary.text(name, text)
 
-def new_history() -> dict[str, list]:
-    """An empty history: per-step ``step, loss, lr, images_per_s`` and per-evaluation ``val_*`` lists."""
-    return {k: [] for k in ("step", "loss", "lr", "images_per_s", "val_step", "val_top1", "val_top5", "val_loss")}
+    def save_history(self) -> None:
+        if self.work_dir is not None:
+            write_json(self.work_dir / HISTORY_FILE, self.history)
 
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
-def truncate_history(history: dict[str, list], step: int) -> dict[str, list]:
-    """The entries of a saved history up to and including ``step`` (for a resumed run)."""
-    out = new_history()
-    for prefix, step_key in (("", "step"), ("val_", "val_step")):
-        keep = [i for i, s in enumerate(history.get(step_key, [])) if s <= step]
-        for key in out:
-            if (key.startswith("val_") == bool(prefix)) and key in history:
-                out[key] = [history[key][i] for i in keep]
-    return out
+    def __enter__(self) -> Trainer:
+        return self
 
-
-def ensure_dir(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -17,7 +17,7 @@ own), so a finished run leaves the process as it found it.
 
 Example:
     >>> import tempfile, keras
-    >>> from bit_keras.train.engine import Checkpointer
+    >>> from bit_keras.train.checkpoint import Checkpointer
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> checkpointer = Checkpointer(model, keras.optimizers.SGD(), tempfile.mkdtemp())
     >>> with preemption_guard(tf.distribute.get_strategy(), checkpointer, mode="signal") as guard:
@@ -38,7 +38,7 @@ import tensorflow as tf
 from bit_keras.errors import ConfigError, Preempted
 
 if TYPE_CHECKING:
-    from bit_keras.train.engine import Checkpointer
+    from bit_keras.train.checkpoint import Checkpointer
 
 MODES = ("auto", "tf", "signal")
 

@@ -1,0 +1,51 @@
+"""Command-line flags shared by ``transfer`` and ``pretrain``, named as the API's settings (``--jit-compile`` is
+``jit_compile=``), and their conversion into keyword overrides.
+
+Example:
+    >>> import argparse
+    >>> p = argparse.ArgumentParser()
+    >>> add_engine_flags(p)
+    >>> engine_overrides(p.parse_args(["--batch-split", "2", "--jit-compile", "--no-progress"]))
+    {'batch_split': 2, 'jit_compile': True, 'progress': False}
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+ENGINE_FLAGS = ("batch_split", "mixed_precision", "jit_compile", "remat", "checkpoint_every", "progress")
+
+
+def add_engine_flags(p: argparse.ArgumentParser, *, checkpoint_every: int = 100) -> None:
+    """The engine's settings (:class:`bit_keras.train.config.EngineConfig`) as flags; unset flags keep defaults."""
+    p.add_argument("--batch-split", type=int, default=None, help="gradient accumulation over N micro-batches")
+    p.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"), default=None)
+    p.add_argument("--jit-compile", "--jit", dest="jit_compile", action="store_true", default=None,
+                   help="compile the per-replica step with XLA")
+    p.add_argument("--remat", action="store_true", default=None,
+                   help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help=f"steps between checkpoints [{checkpoint_every}]")
+    p.add_argument("--no-progress", "--quiet", dest="progress", action="store_false", default=None,
+                   help="no progress bar")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """Where the data comes from and how strictly it is checked."""
+    p.add_argument("--dataset", required=True, help="image folder (one sub-folder per class) or tfds name[:split]")
+    p.add_argument("--split", default=None, help="split of a tfds --dataset [train]")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data folder")
+    p.add_argument("--no-strict", "--lenient", dest="strict", action="store_false", default=None,
+                   help="skip bad images (listed in the run's records) instead of failing")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random left-right flips")
+    p.add_argument("--seed", type=int, default=None, help="[0]")
+
+
+def overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The ``names`` that were given on the command line, as keyword overrides."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return overrides(args, ENGINE_FLAGS)
