@@ -28,17 +28,28 @@ from bit_keras.errors import (
     DataError,
     DownloadError,
     ExportError,
+    HandleNotFoundError,
+    InvalidHandleError,
     LabelFileError,
     MissingDependencyError,
     MissingFileError,
     Preempted,
+    RegistryError,
+    TfdsError,
     TrainingDivergedError,
     UnknownModelError,
+    VersionExistsError,
     WeightFileError,
     WeightsUnavailableError,
 )
 
 __version__ = "0.2.0"
+_ERRORS = [
+    "BitKerasError", "ConfigError", "DataError", "DownloadError", "ExportError", "HandleNotFoundError",
+    "InvalidHandleError", "LabelFileError", "MissingDependencyError", "MissingFileError", "Preempted",
+    "RegistryError", "TfdsError", "TrainingDivergedError", "UnknownModelError", "VersionExistsError",
+    "WeightFileError", "WeightsUnavailableError",
+]
 
 # Public name -> the module that defines it (imported on first access).
 _LAZY: dict[str, str] = {
@@ -73,11 +84,7 @@ _LAZY: dict[str, str] = {
     "is_handle": "hub_export.load",
 }
 
-__all__ = sorted([
-    "BitKerasError", "ConfigError", "DataError", "DownloadError", "ExportError", "LabelFileError",
-    "MissingDependencyError", "MissingFileError", "Preempted", "TrainingDivergedError", "UnknownModelError",
-    "WeightFileError", "WeightsUnavailableError", *_LAZY,
-])
+__all__ = sorted([*_ERRORS, *_LAZY])
 
 
 def _register_layers_with_keras() -> None:

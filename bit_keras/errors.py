@@ -26,12 +26,17 @@ __all__ = [
     "DataError",
     "DownloadError",
     "ExportError",
+    "HandleNotFoundError",
+    "InvalidHandleError",
     "LabelFileError",
     "MissingDependencyError",
     "MissingFileError",
     "Preempted",
+    "RegistryError",
+    "TfdsError",
     "TrainingDivergedError",
     "UnknownModelError",
+    "VersionExistsError",
     "WeightFileError",
     "WeightsUnavailableError",
 ]
@@ -81,6 +86,10 @@ class DataError(BitKerasError, ValueError):
     """Bad or unusable input data; the message names the culprit (a file, a class, an example) and the fix."""
 
 
+class TfdsError(DataError):
+    """A tensorflow-datasets source that cannot be used (unknown, not prepared and offline, not image classification)."""
+
+
 class ExportError(BitKerasError, ValueError):
     """A model or arguments that cannot be exported as asked; the message says why and what to do."""
 
@@ -110,3 +119,19 @@ class TrainingDivergedError(BitKerasError, RuntimeError):
 
 class Preempted(BitKerasError, RuntimeError):
     """The run was told to stop (SIGTERM, a maintenance event); a checkpoint of the last step was saved."""
+
+
+class RegistryError(BitKerasError):
+    """A registry operation failed; the message names the handle or path and the fix."""
+
+
+class InvalidHandleError(RegistryError, ValueError):
+    """A handle that is not ``publisher/name/variant/version`` with safe segments."""
+
+
+class HandleNotFoundError(RegistryError, LookupError):
+    """No published version under that handle."""
+
+
+class VersionExistsError(RegistryError, FileExistsError):
+    """The version is already published; versions are never overwritten."""

@@ -51,7 +51,7 @@ NB01 = [
 
     | | full size (the default) | smoke mode (`BIT_KERAS_SMOKE=1`, offline) |
     |---|---|---|
-    | model | `BiT-M-R50x1-ILSVRC2012`: BiT-M R50x1 (ImageNet-21k upstream) fine-tuned on ILSVRC-2012, 25.5M parameters, fed at 384 px | `BiT-tiny-ILSVRC2012-smoke`: a 0.5M-parameter BiT registered below, same 1000-class head, fed at 64 px |
+    | model | `BiT-M-R50x1-ILSVRC2012`: BiT-M R50x1 (ImageNet-21k upstream) fine-tuned on ILSVRC-2012, 25.5M parameters, fed at 448 px | `BiT-tiny-ILSVRC2012-smoke`: a 0.5M-parameter BiT registered below, same 1000-class head, fed at 64 px |
     | weights | the official `.npz` (~100 MB) from `https://storage.googleapis.com/bit_models/`, downloaded once | **random** weights in a local mirror folder |
     | labels | the official `ilsvrc2012_wordnet_lemmas.txt` | 1000 placeholder names |
     | expected | sensible top-5 classes for the two photos; the official code's README reports 80.7% ILSVRC-2012 top-1 for a BiT-M-R50x1 fine-tune | meaningless predictions (random weights) |
@@ -86,7 +86,7 @@ NB01 = [
         import numpy as np
 
         import bit_keras
-        from bit_keras.models.presets import get_model_info, register_model
+        from bit_keras import get_model_info, register_model
 
         MODEL = "BiT-tiny-ILSVRC2012-smoke"
         register_model(dataclasses.replace(
@@ -143,9 +143,11 @@ NB01 = [
     ## 3. Classify images
 
     The models take **float32 RGB in [0, 1]**, NHWC, at **any resolution** (the TF Hub convention; they rescale to
-    BiT's [-1, 1] inside). The entry's `resolution` is the recommended side: resize to it, no crop (384 px for the
-    ILSVRC-2012 fine-tunes of the x1 and x3 models, as Google's own evaluation feeds them). ILSVRC-2012 heads are
-    softmax classifiers; the ImageNet-21k heads of `BiT-M-<arch>` are multi-label (sigmoid, `info.multi_label`).
+    BiT's [-1, 1] inside). Each entry carries the preprocessing its weights expect: `info.resolution`,
+    `info.crop_pct` (resize the shorter side to `resolution / crop_pct`, then centre-crop; 1.0 means resize
+    straight to `resolution`) and `info.interpolation` (448 px, crop 1.0, bilinear for the ILSVRC-2012 fine-tunes,
+    as timm evaluates them). ILSVRC-2012 heads are softmax classifiers; the ImageNet-21k heads of `BiT-M-<arch>`
+    are multi-label (sigmoid, `info.multi_label`).
 
     The photos are the two that scikit-learn ships with (no download needed).
     """),
@@ -159,12 +161,19 @@ NB01 = [
     names = [Path(f).stem for f in samples.filenames]
 
 
-    def preprocess(image, size):
-        """uint8 HxWx3 -> float32 size x size x 3 in [0, 1], resized without a crop."""
-        return tf.image.resize(tf.cast(image, tf.float32) / 255.0, (size, size), method="bilinear").numpy()
+    def preprocess(image, info):
+        """uint8 HxWx3 -> float32 in [0, 1], as the entry's weights expect: shorter side to resolution / crop_pct
+        (same interpolation), then the centre crop of resolution x resolution."""
+        side = int(round(info.resolution / info.crop_pct))
+        h, w = image.shape[:2]
+        scale = side / min(h, w)
+        size = (max(side, round(h * scale)), max(side, round(w * scale)))
+        image = tf.image.resize(tf.cast(image, tf.float32) / 255.0, size, method=info.interpolation)
+        top, left = (size[0] - info.resolution) // 2, (size[1] - info.resolution) // 2
+        return image[top:top + info.resolution, left:left + info.resolution].numpy()
 
 
-    batch = np.stack([preprocess(image, info.resolution) for image in samples.images])
+    batch = np.stack([preprocess(image, info) for image in samples.images])
     logits = model(batch).numpy()
     scores = tf.sigmoid(logits) if info.multi_label else tf.nn.softmax(logits)
     labels = bit_keras.get_labels(MODEL)  # index i names output i (the official label file, downloaded once)
@@ -225,7 +234,7 @@ NB01 = [
 
     Pass `trainable=True` to fine-tune: `hub.KerasLayer` defaults to a frozen layer, which is why the official TF2
     BiT colab trains only the head (a linear probe, not BiT's fine-tuning). Keras 3 users load the same SavedModel
-    with `hub_export.load.load_layer`, and a registry + HTTP server publishes it under a handle: see notebook 03.
+    with `bit_keras.load_layer`, and a registry + HTTP server publishes it under a handle: see notebook 03.
     """),
     code('''
     import hub_export
@@ -273,7 +282,7 @@ NB02 = [
     md("""
     # 02 · Fine-tune BiT with the BiT-HyperRule
 
-    `bit_keras.recipes.transfer.transfer()` fine-tunes a BiT model on a new dataset in one call: it loads the data (a
+    `bit_keras.transfer()` fine-tunes a BiT model on a new dataset in one call: it loads the data (a
     tensorflow-datasets name here; folders, arrays and `tf.data` work too), optionally draws a few-shot subset,
     picks resolution, schedule and mixup with the **BiT-HyperRule** from the dataset's size and image size, and
     trains the whole network (SGD momentum 0.9, base lr 0.003, batch 512, linear warm-up then decays by 10,
@@ -309,7 +318,7 @@ NB02 = [
     import bit_keras
     from bit_keras.recipes.hyperrule import hyperparams_for
     from bit_keras.plots import plot_run
-    from bit_keras.recipes.transfer import evaluate, evaluate_run, transfer
+    from bit_keras import evaluate, evaluate_run, transfer
 
     {SMOKE_SWITCH}
     RUN_FULL_CIFAR10 = False  # the 10,000-step full CIFAR-10 run (hours on one GPU); smoke mode runs it tiny
@@ -495,7 +504,7 @@ NB03 = [
        from ImageNet-21k).
     2. **Publish**: export the backbone as a TF Hub-style Reusable SavedModel into a versioned registry.
     3. **Serve**: the registry over HTTP (`hub_export.serve`), so that models load by handle as from tfhub.dev:
-       `hub.KerasLayer(url)` for tf-keras users, `hub_export.load.load_layer(url or handle)` for Keras 3.
+       `hub.KerasLayer(url)` for tf-keras users, `bit_keras.load_layer(url or handle)` for Keras 3.
     4. **Downstream**: fine-tune on the held-out digits 5-9 from 1 and 5 examples per class with `transfer()`,
        from the served handle, from the upstream weights, and from scratch.
 
@@ -561,7 +570,7 @@ NB03 = [
     and with `export_handle=` a SavedModel published in the registry (`hub_export.Registry`).
     """),
     code('''
-    from bit_keras.recipes.pretrain import pretrain
+    from bit_keras import pretrain
 
     upstream = pretrain(
         "BiT-tiny", (data.upstream_images, data.upstream_labels), preset="tiny", output_dir=WORK / "upstream",
@@ -626,7 +635,7 @@ NB03 = [
     print("cached under", sorted(p.name for p in Path(os.environ["TFHUB_CACHE_DIR"]).iterdir()))
     '''),
     md("""
-    ### Keras 3: `hub_export.load.load_layer(url or handle)`
+    ### Keras 3: `bit_keras.load_layer(url or handle)`
 
     `load_layer` takes the same URL (through `tensorflow_hub`'s cache), a SavedModel folder, or a registry handle
     (looked up in `registry=`, else `$BIT_KERAS_REGISTRY`). It returns a Keras 3 layer that trains with any
@@ -635,7 +644,7 @@ NB03 = [
     code('''
     import keras
 
-    from hub_export.load import load_layer
+    from bit_keras import load_layer
 
     by_url = load_layer(url, trainable=True)
     by_handle = load_layer(HANDLE, registry=REGISTRY)
@@ -659,7 +668,7 @@ NB03 = [
     digit from the pool; the test set is fixed.
     """),
     code('''
-    from bit_keras.recipes.transfer import transfer
+    from bit_keras import transfer
 
     pool = (data.downstream_pool_images, data.downstream_pool_labels)
     test = (data.downstream_test_images, data.downstream_test_labels)

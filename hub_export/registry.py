@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from bit_keras.atomic import atomic_path
-from bit_keras.errors import BitKerasError
+from bit_keras.errors import HandleNotFoundError, InvalidHandleError, RegistryError, VersionExistsError
 
 __all__ = [
     "HandleNotFoundError",
@@ -52,22 +52,6 @@ SAVED_MODEL_FILE = "saved_model.pb"
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _VERSION = re.compile(r"0|[1-9][0-9]{0,8}")
 _CHUNK = 1 << 20
-
-
-class RegistryError(BitKerasError):
-    """A registry operation failed; the message names the handle or path and the fix."""
-
-
-class InvalidHandleError(RegistryError, ValueError):
-    """A handle that is not ``publisher/name/variant/version`` with safe segments."""
-
-
-class HandleNotFoundError(RegistryError, LookupError):
-    """No published version under that handle."""
-
-
-class VersionExistsError(RegistryError, FileExistsError):
-    """The version is already published; versions are never overwritten."""
 
 
 def parse_handle(handle: str) -> tuple[str, str, str, int]:

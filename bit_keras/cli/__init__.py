@@ -21,10 +21,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 from bit_keras.errors import BitKerasError
 
@@ -39,6 +40,8 @@ COMMAND_MODULES = (
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+# Commands that answer from the zoo table, the download cache or the registry: they never import TensorFlow.
+LIGHT_COMMANDS = ("list", "info", "download", "registry", "plot")
 
 
 def _add_common_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -98,6 +101,33 @@ def report_error(err: BaseException, command: str | None) -> int:
     return EXIT_ERROR
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what C++ code writes to file descriptor 2 to /dev/null for the block (Python's own errors still
+    surface: they are raised, and printed after the block)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and Keras without their start-up log lines (CUDA probing, oneDNN and CPU notices),
+    which ``TF_CPP_MIN_LOG_LEVEL`` does not silence: they are written before TensorFlow's logging starts."""
+    if "keras" in sys.modules:
+        return
+    with native_stderr_silenced():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.constant(0)  # device initialisation logs too
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -113,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if not args.verbose and args.command not in LIGHT_COMMANDS:
+            import_tensorflow_quietly()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         if args.debug:

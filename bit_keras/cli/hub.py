@@ -137,6 +137,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     registry = Registry(args.registry)
     handles = args.handles or [m["handle"] for m in registry.list()]
+    if not handles:
+        print(f"nothing to verify: no models in {registry.root}")
     bad = 0
     for handle in handles:
         try:

@@ -44,7 +44,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from bit_keras.models.create import resolve_weights
+    from bit_keras.models.fetch import resolve_weights
     from bit_keras.models.presets import get_model_info
 
     for name in args.names:

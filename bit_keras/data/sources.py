@@ -18,17 +18,23 @@ Example:
 from __future__ import annotations
 
 import os
-import re
-import stat
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
+from bit_keras.data.fewshot import sample_few_shot
+from bit_keras.data.images import (
+    Scan,
+    class_folders,
+    decode_files,
+    list_images,
+    printable,
+    raise_bad_files,
+    scan_files,
+)
 from bit_keras.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -44,7 +50,7 @@ class DatasetInfo:
     num_classes: int
     image_size: tuple[int, int]
     class_names: list[str] | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, why), printable (see _printable)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, why), printable (see printable)
     source: str = ""
 
     def skipped_record(self, limit: int = SKIPPED_RECORD_LIMIT) -> dict[str, Any]:
@@ -54,47 +60,8 @@ class DatasetInfo:
             >>> DatasetInfo(9, 2, (8, 8), skipped=[("data/cat/x.jpg", "truncated")]).skipped_record()
             {'skipped': 1, 'skipped_items': [{'item': 'data/cat/x.jpg', 'reason': 'truncated'}]}
         """
-        items = [{"item": _printable(item), "reason": _printable(why)} for item, why in self.skipped[:limit]]
+        items = [{"item": printable(item), "reason": printable(why)} for item, why in self.skipped[:limit]]
         return {"skipped": len(self.skipped), "skipped_items": items}
-
-
-def sample_few_shot(
-    labels: np.ndarray,
-    examples_per_class: int,
-    seed: int = 0,
-    *,
-    num_classes: int | None = None,
-    class_names: Sequence[str] | None = None,
-) -> np.ndarray:
-    """Sorted indices of exactly ``examples_per_class`` examples of every class, drawn without replacement.
-
-    Classes are those present in ``labels`` (or ``0..num_classes-1`` when given). The draw uses
-    ``np.random.default_rng(seed)``: the same seed gives the same indices, another seed others.
-    A class with fewer examples raises DataError naming it and its count.
-
-    Example:
-        >>> sample_few_shot(np.array([0, 0, 0, 1, 1, 1]), 2, seed=0).tolist()
-        [1, 2, 3, 5]
-    """
-    labels = np.asarray(labels).reshape(-1)
-    if examples_per_class < 1:
-        raise DataError(f"examples_per_class must be >= 1, got {examples_per_class}")
-    classes = np.arange(num_classes) if num_classes is not None else np.unique(labels)
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], classes, side="left")
-    ends = np.searchsorted(labels[order], classes, side="right")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c, lo, hi in zip(classes, starts, ends):
-        if hi - lo < examples_per_class:
-            known = class_names is not None and int(c) < len(class_names)
-            name = f"class {int(c)}" + (f" ({class_names[int(c)]!r})" if known else "")
-            raise DataError(
-                f"{name} has only {hi - lo} examples, fewer than examples_per_class={examples_per_class}: "
-                "lower examples_per_class or add examples of that class"
-            )
-        chosen.append(rng.choice(order[lo:hi], examples_per_class, replace=False))
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros([0], np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -224,323 +191,45 @@ class _Source:
     num_classes: int | None = None  # what the source itself says
 
 
-# Image files. Every file is opened and fully decoded by PIL when the source is built (_scan_file), so a
-# bad file is named before training; the scan also picks the decoder the pipeline uses for the file: one
-# of TensorFlow's where it reads the file exactly like PIL (faster, no Python), else PIL itself.
-_JPEG, _TF8, _PNG16, _PIL = 0, 1, 2, 3  # decode_jpeg (accurate IDCT), decode_image 8-bit, decode_png 16-bit, PIL
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}  # PIL modes with more than 8 bits per value
-_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"}
-_JUNK = {"__MACOSX", "Thumbs.db", "desktop.ini"}  # operating-system litter, ignored like hidden files
-
-
-@dataclass(frozen=True)
-class _Scan:
-    """What the up-front check found about one file: why it is bad, or its size and decode route."""
-
-    path: str
-    problem: str | None = None
-    size: tuple[int, int] = (0, 0)  # (h, w)
-    route: int = _PIL
-
-
-def _printable(text: str) -> str:
-    """``text`` (a path or a name) safe to print and to put in JSON: bytes that are not UTF-8 (surrogate-escaped
-    by ``os.listdir``) and control characters become backslash escapes; anything else is kept.
-
-    Example:
-        >>> _printable("cat/café 1.jpg"), _printable(os.fsdecode(b"cat/\\xff\\n.jpg"))
-        ('cat/café 1.jpg', 'cat/\\\\xff\\\\n.jpg')
-    """
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate that did not come from undecodable bytes
-        raw = text.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace").translate(_CONTROL_ESCAPES)
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name not in _JUNK
-
-
-def _kind(entry: os.DirEntry[str]) -> str | None:
-    """What ``entry`` is, following symlinks, without opening it: "dir", "file" (regular) or None (anything else)."""
-    try:
-        mode = entry.stat().st_mode
-    except OSError:
-        return None
-    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else None
-
-
-def _list_images(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """Visible regular files under ``folder`` in sorted walk order, and the sub-folders that cannot be listed.
-
-    Nothing is opened. Symlinks are followed (a folder reached twice, e.g. through a symlink loop, is
-    walked once); FIFOs, sockets, devices and broken symlinks are not image files and are ignored.
-    """
-    files: list[str] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [folder]
-    while stack:
-        here = stack.pop()
-        try:
-            st = os.stat(here)
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            with os.scandir(here) as it:
-                entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
-        except OSError as err:
-            problems.append((here, f"cannot list this folder: {err.strerror or err}"))
-            continue
-        kinds = [(e.path, _kind(e)) for e in entries]
-        files += [path for path, kind in kinds if kind == "file"]
-        stack += reversed([path for path, kind in kinds if kind == "dir"])
-    return files, problems
-
-
-def _open_regular(path: str) -> BinaryIO:
-    """Open ``path`` for reading without blocking (O_NONBLOCK), refusing anything but a regular file."""
-    fd = os.open(path, _OPEN_FLAGS)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError("not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _reason(err: BaseException) -> str:
-    """Why PIL (or the file system) could not give an image, in words."""
-    text = str(err)
-    if isinstance(err, Image.DecompressionBombError):
-        found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", text)
-        pixels, limit = found.groups() if found else ("?", "?")
-        return (
-            f"decompression bomb: {pixels} pixels, over PIL's limit of {limit} (2 x PIL.Image.MAX_IMAGE_PIXELS); "
-            "raise PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
-        )
-    if isinstance(err, Image.UnidentifiedImageError):
-        return "not an image file"
-    if isinstance(err, DataError):
-        return text
-    if isinstance(err, OSError) and err.errno is not None:
-        return f"cannot read it: {(err.strerror or text).lower()}"
-    if isinstance(err, EOFError) or "truncated" in text.lower():
-        return f"truncated ({text or type(err).__name__})"
-    return f"corrupt image ({type(err).__name__}: {text})"
-
-
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Values of any bit depth -> uint8, scaled, never clipped.
-
-    16-bit values (PIL modes ``I;16*``): ``round(v / 257)``, 0 -> 0 and 65535 -> 255. 32-bit integer and
-    float values (modes ``I``, ``F``) are scaled by the range they span: float in [0, 1] -> ``v * 255``;
-    [0, 255] -> as is; [0, 65535] -> ``v / 257``; any other range (negative values, larger) is stretched
-    min-max onto [0, 255]. NaN counts as the smallest value, +-inf as the largest/smallest finite one.
-
-    Example:
-        >>> _scale_to_uint8(np.array([0, 257, 32896, 65535], np.uint16)).tolist()
-        [0, 1, 128, 255]
-        >>> _scale_to_uint8(np.array([0.0, 0.5, 1.0], np.float32)).tolist(), _scale_to_uint8(np.array([-2, 2])).tolist()
-        ([0, 128, 255], [0, 255])
-    """
-    v = values.astype(np.float64)
-    if values.dtype.kind == "u" and values.dtype.itemsize == 2:
-        return np.round(v / 257.0).astype(np.uint8)
-    finite = v[np.isfinite(v)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    v = np.nan_to_num(v, nan=lo, posinf=hi, neginf=lo)
-    if lo >= 0 and hi <= 1 and values.dtype.kind == "f":
-        v = v * 255.0
-    elif lo >= 0 and hi <= 255:
-        pass
-    elif lo >= 0 and hi <= 65535:
-        v = v / 257.0
-    else:
-        v = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
-    return np.round(v).astype(np.uint8)
-
-
-def _rgb_array(im: Image.Image) -> np.ndarray:
-    """A PIL image as uint8 RGB [H, W, 3]: wide modes scaled (:func:`_scale_to_uint8`), alpha dropped."""
-    if im.mode in _WIDE_MODES:
-        return np.repeat(_scale_to_uint8(np.asarray(im))[..., None], 3, axis=-1)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def _plain_gif(im: Image.Image) -> bool:
-    """One frame, no transparency, the frame fills the canvas: then TensorFlow decodes it exactly like PIL."""
-    full = bool(im.tile) and tuple(im.tile[0][1]) == (0, 0, *im.size)
-    return full and "transparency" not in im.info and not im.is_animated
-
-
-def _route(im: Image.Image, header: bytes) -> int:
-    """The pipeline's decoder for an opened (not yet loaded) image; ``header``: the file's first 26 bytes."""
-    if im.format in ("JPEG", "MPO"):
-        return _JPEG if im.mode in ("RGB", "L") else _PIL  # CMYK/YCCK: PIL
-    if im.format == "PNG" and header.startswith(_PNG_SIGNATURE) and len(header) > 24 and not im.is_animated:
-        return {8: _TF8, 16: _PNG16}.get(header[24], _PIL)  # IHDR bit depth; 1, 2, 4 bits: PIL
-    if im.format == "GIF" and _plain_gif(im):
-        return _TF8
-    return _PIL
-
-
-def _scan_file(path: str) -> _Scan:
-    """Open and fully decode one file with PIL (``load()``, and the RGB conversion where PIL will decode it)."""
-    try:
-        with _open_regular(path) as f:
-            header = f.read(26)
-            if not header:
-                return _Scan(path, "empty file (0 bytes)")
-            f.seek(0)
-            with Image.open(f) as im:
-                route = _route(im, header)
-                im.load()
-                if route == _PIL:
-                    _rgb_array(im)
-                w, h = im.size
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-        return _Scan(path, _reason(err))
-    return _Scan(path, None, (h, w), route) if w * h else _Scan(path, f"no pixels ({w}x{h})")
-
-
-def _scan_files(paths: Sequence[str]) -> list[_Scan]:
-    """:func:`_scan_file` on every path, on a thread pool (PIL releases the GIL while decoding)."""
-    with ThreadPoolExecutor(max_workers=min(32, 4 * (os.cpu_count() or 1))) as pool:
-        return list(pool.map(_scan_file, paths))
-
-
-def _pil_decode(path: bytes) -> tuple[np.ndarray, bytes]:
-    """The PIL decoder of the pipeline: (uint8 RGB image, b"") or (empty image, why it failed)."""
-    try:
-        with _open_regular(os.fsdecode(path)) as f, Image.open(f) as im:
-            return _rgb_array(im), b""
-    except Exception as err:  # noqa: BLE001 - reported, with the file's name, by _decode_files
-        return np.zeros([0, 0, 3], np.uint8), _reason(err).encode()
-
-
-def _decode(path: tf.Tensor, route: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(uint8 [H, W, 3] image, why it failed or "") through the route chosen by the scan."""
-
-    def read() -> tf.Tensor:
-        return tf.io.read_file(path)
-
-    def png16() -> tf.Tensor:
-        wide = tf.cast(tf.io.decode_png(read(), channels=3, dtype=tf.uint16), tf.float32)
-        return tf.cast(tf.round(wide / 257.0), tf.uint8)  # as _scale_to_uint8
-
-    ok = tf.constant("")
-    image, why = tf.switch_case(
-        route,
-        [
-            lambda: (tf.io.decode_jpeg(read(), channels=3, dct_method="INTEGER_ACCURATE"), ok),  # PIL's IDCT
-            lambda: (tf.io.decode_image(read(), channels=3, expand_animations=False), ok),
-            lambda: (png16(), ok),
-            lambda: tuple(tf.numpy_function(_pil_decode, [path], [tf.uint8, tf.string], stateful=False)),
-        ],
-    )
-    image.set_shape([None, None, 3])
-    return image, why
-
-
-def _decode_files(paths: np.ndarray, names: list[str], routes: np.ndarray, labels: np.ndarray) -> tf.data.Dataset:
-    """(image, label) of each file in order; a file that fails to decode now stops iteration naming it.
-
-    A decode error cannot be caught inside a tf.data graph, so the decoded stream goes through
-    ``ignore_errors`` and then every element is checked to be the next one expected (a final end marker
-    included): a missing element is a file that failed to decode, and the InvalidArgumentError raised
-    names it. Nothing is dropped silently.
-    """
-    n = len(paths)
-    shown = tf.constant(names + ["(end)"])
-    ds = tf.data.Dataset.from_tensor_slices((paths, routes, labels, np.arange(n, dtype=np.int64)))
-    ds = ds.map(lambda p, r, y, i: (*_decode(p, r), y, i), num_parallel_calls=AUTOTUNE, deterministic=True)
-    end = tf.data.Dataset.from_tensors((tf.zeros([0, 0, 3], tf.uint8), "", tf.constant(-1, tf.int64), np.int64(n)))
-
-    def check(k: tf.Tensor, el: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
-        image, why, label, i = el
-        lost = tf.not_equal(i, k)
-        why = tf.where(lost, "could not be decoded now (it decoded when the data was loaded: changed since?)", why)
-        message = tf.strings.join(["image file ", tf.gather(shown, k), ": ", why, ". Fix: remove or replace it"])
-        done = tf.debugging.Assert(tf.logical_and(tf.logical_not(lost), tf.equal(why, "")), [message])
-        with tf.control_dependencies([done]):
-            return tf.identity(image), label
-
-    ds = ds.ignore_errors().concatenate(end).enumerate().map(check, num_parallel_calls=AUTOTUNE)
-    return ds.filter(lambda x, y: y >= 0).apply(tf.data.experimental.assert_cardinality(n))
-
-
-def _class_dirs(root: str) -> list[str]:
-    """The sorted visible sub-folders of ``root`` (the classes); DataError if ``root`` is no folder or has none."""
-    if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
-        raise DataError(f"{_printable(root)} {what}: pass a folder with one sub-folder of images per class")
-    try:
-        with os.scandir(root) as it:
-            entries = sorted((e for e in it if _visible(e.name)), key=lambda e: e.name)
-    except OSError as err:
-        raise DataError(f"cannot list folder {_printable(root)}: {err.strerror or err}") from err
-    class_dirs = [e.name for e in entries if _kind(e) == "dir"]
-    if not class_dirs:
-        raise DataError(
-            f"folder {_printable(root)} has no class sub-folders ({len(entries)} files directly in it): put the "
-            f"images of each class in their own sub-folder, e.g. {_printable(os.path.join(root, 'cat', '1.jpg'))}"
-        )
-    return class_dirs
-
-
-def _raise_bad_files(root: str, bad: list[tuple[str, str]], limit: int = 10) -> None:
-    listed = "; ".join(f"{_printable(p)} ({why})" for p, why in bad[:limit])
-    more = f"; ... and {len(bad) - limit} more" if len(bad) > limit else ""
-    raise DataError(
-        f"{len(bad)} bad image file(s) in {_printable(root)}: {listed}{more}. Fix: remove or replace them, "
-        "or pass strict=False to skip them (they are then listed in info.skipped)"
-    )
-
-
 def _folder_source(root: str, strict: bool, skipped: list[tuple[str, str]]) -> _Source:
-    class_dirs = _class_dirs(root)
-    listed = {c: _list_images(os.path.join(root, c)) for c in class_dirs}
-    scanned = iter(_scan_files([p for c in class_dirs for p in listed[c][0]]))
+    class_dirs = class_folders(root)
+    listed = {c: list_images(os.path.join(root, c)) for c in class_dirs}
+    scanned = iter(scan_files([p for c in class_dirs for p in listed[c][0]]))
     scans = {c: [next(scanned) for _ in listed[c][0]] for c in class_dirs}
     bad = [(p, why) for c in class_dirs for p, why in [*listed[c][1], *((s.path, s.problem) for s in scans[c])] if why]
     empty = [c for c in class_dirs if not listed[c][0] and not listed[c][1]]
     if strict and empty:
-        where = _printable(os.path.join(root, empty[0]))
+        where = printable(os.path.join(root, empty[0]))
         raise DataError(f"class folder {where} is empty: add images or remove the folder")
     if strict and bad:
-        _raise_bad_files(root, bad)
-    skipped += [(_printable(p), why) for p, why in bad]
+        raise_bad_files(root, bad)
+    skipped += [(printable(p), why) for p, why in bad]
     names: list[str] = []
-    good: list[_Scan] = []
+    good: list[Scan] = []
     labels: list[int] = []
     for c in class_dirs:
         ok = [s for s in scans[c] if s.problem is None]
         if not ok:
             why = "empty class folder" if c in empty else "no readable images"
-            skipped.append((_printable(os.path.join(root, c)), f"{why}: class dropped"))
+            skipped.append((printable(os.path.join(root, c)), f"{why}: class dropped"))
             continue
         good += ok
         labels += [len(names)] * len(ok)
-        names.append(_printable(c))
+        names.append(printable(c))
     if not names:
-        raise DataError(f"folder {_printable(root)} has no readable images in any class sub-folder")
+        raise DataError(f"folder {printable(root)} has no readable images in any class sub-folder")
     paths = np.array([os.fsencode(s.path) for s in good])  # bytes: any file name reaches TensorFlow intact
-    shown = [_printable(s.path) for s in good]
+    shown = [printable(s.path) for s in good]
     routes, label_arr = np.array([s.route for s in good], np.int32), np.array(labels, np.int64)
 
     def build(keep: np.ndarray | None) -> tf.data.Dataset:
         keep = np.ones(len(good), bool) if keep is None else keep
-        return _decode_files(paths[keep], [s for s, k in zip(shown, keep) if k], routes[keep], label_arr[keep])
+        return decode_files(paths[keep], [s for s, k in zip(shown, keep) if k], routes[keep], label_arr[keep])
 
     return _Source(
         label_arr,
         build,
-        f"folder {_printable(root)} ({len(names)} classes)",
+        f"folder {printable(root)} ({len(names)} classes)",
         sum(len(listed[c][0]) for c in class_dirs),
         sizes=np.array([s.size for s in good]),
         item=lambda i: shown[i],

@@ -28,11 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from bit_keras.errors import DataError
-
-
-class TfdsError(DataError):
-    """A tensorflow-datasets source that cannot be used (unknown, not prepared and offline, not image classification)."""
+from bit_keras.errors import TfdsError
 
 
 @dataclass

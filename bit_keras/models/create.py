@@ -15,9 +15,9 @@ from typing import Sequence
 
 import keras
 
-from bit_keras.errors import MissingFileError, WeightFileError, WeightsUnavailableError
-from bit_keras.models.download import download, quarantine
-from bit_keras.models.npz import check_weight_file, inspect_npz
+from bit_keras.errors import WeightFileError
+from bit_keras.models.download import quarantine
+from bit_keras.models.fetch import is_download, resolve_weights
 from bit_keras.models.presets import ModelInfo, get_model_info
 from bit_keras.models.resnet import resnet_v2
 from bit_keras.models.weights import load_npz
@@ -27,47 +27,6 @@ _FROM_ENTRY = object()
 
 def _model_name(info: ModelInfo) -> str:
     return info.name.lower().replace("-", "_")
-
-
-def resolve_weights(info: ModelInfo, weights: str | os.PathLike, *, progress: bool = True) -> Path:
-    """The local path of ``weights`` for entry ``info``: ``"pretrained"``, a URL or a local path.
-
-    ``"pretrained"`` and URLs are downloaded into the cache (``$BIT_KERAS_HOME``) once, with resume and
-    size checks; later calls use the cached file. The download is validated with
-    :func:`bit_keras.models.npz.inspect_npz` before it is placed in the cache (and a cached file before it is
-    returned), so a file that is not a well-formed ``.npz`` never stays there.
-
-    Example:
-        >>> import os, tempfile
-        >>> p = os.path.join(tempfile.mkdtemp(), "w.npz"); open(p, "wb").close()
-        >>> resolve_weights(get_model_info("BiT-S-R50x1"), p).name
-        'w.npz'
-    """
-    weights = os.fspath(weights)
-    if weights == "pretrained":
-        if not info.has_weights:
-            raise WeightsUnavailableError(
-                f"{info.name}: BiT-L was trained on the internal JFT-300M data and its weights were never "
-                f"published; use weights=None for the architecture, or BiT-M-{info.arch} (ImageNet-21k), "
-                "the best published upstream weights"
-            )
-        weights = info.weights_url  # type: ignore[assignment]
-    if weights.startswith(("http://", "https://")):
-        known = weights == info.weights_url
-        return download(weights, sha256=info.sha256 if known else None, expected_size=info.size if known else None,
-                        progress=progress, validate=inspect_npz)
-    path = Path(weights[len("file://"):] if weights.startswith("file://") else weights).expanduser()
-    if not path.exists():
-        raise MissingFileError(
-            f"weights {weights!r} for {info.name}: no such file; pass weights='pretrained', a URL, "
-            "or the path of an official .npz file"
-        )
-    return check_weight_file(path)  # a directory or a device: WeightFileError saying what to pass
-
-
-def _is_download(weights: str | os.PathLike) -> bool:
-    weights = os.fspath(weights)
-    return weights == "pretrained" or weights.startswith(("http://", "https://"))
 
 
 def load_weights(
@@ -100,7 +59,7 @@ def load_weights(
     try:
         load_npz(model, path, load_head=load_head)
     except WeightFileError as err:
-        if not (_is_download(weights) and getattr(err, "unreadable", False) and path.is_file()):
+        if not (is_download(weights) and getattr(err, "unreadable", False) and path.is_file()):
             raise
         moved = quarantine(path)
         problem = str(err).replace("; delete it and download it again", "")

@@ -7,8 +7,8 @@ has the size the server announced, refuses HTML pages and empty bodies, verifies
 ``expected_size``, optional SHA-256 and an optional ``validate`` hook, and only
 then moves the file atomically to its destination. A file that turns out bad is
 moved aside to ``<dest>.corrupt`` (:func:`quarantine`), so the next call
-downloads it again. It uses only the standard library (plus
-``keras.utils.Progbar`` for progress).
+downloads it again. It uses only the standard library (its progress line too:
+``bit-keras download`` needs no TensorFlow).
 
 Example:
     >>> from bit_keras.models.download import url_to_cache_path
@@ -300,6 +300,31 @@ def _socket_of(resp):
     return sock if callable(getattr(sock, "settimeout", None)) else None
 
 
+class ProgressLine:
+    """A one-line byte counter on stdout (``received/total bytes (pct%, MB/s)``), redrawn at most 5 times a second.
+
+    Example:
+        >>> bar = ProgressLine(2048)
+        >>> bar.update(2048, final=True)  # doctest: +ELLIPSIS
+        2048/2048 bytes (100%, ... MB/s)
+    """
+
+    def __init__(self, total: int, every: float = 0.2) -> None:
+        self.total, self.every = total, every
+        self.started = self.shown = time.monotonic()
+        self.first: int | None = None
+
+    def update(self, received: int, final: bool = False) -> None:
+        now = time.monotonic()
+        self.first = received if self.first is None else self.first
+        if not final and now - self.shown < self.every:
+            return
+        self.shown = now
+        rate = (received - self.first) / max(now - self.started, 1e-9) / 1e6
+        pct = 100 * received // max(self.total, 1)
+        print(f"\r{received}/{self.total} bytes ({pct}%, {rate:.1f} MB/s)", end="\n" if final else "", flush=True)
+
+
 class _Transient(Exception):
     """A failure worth retrying (resuming from the bytes on disk)."""
 
@@ -470,7 +495,7 @@ class _Fetcher:
         if problem:
             raise self.reject(problem)
         if self.bar is not None:
-            self.bar.update(size, finalize=True)
+            self.bar.update(size, final=True)
         return True
 
     def _parse(self, resp):
@@ -535,9 +560,7 @@ class _Fetcher:
             self.hasher = _hash_prefix(self.part, offset) if offset else hashlib.sha256()
             self.hashed = offset
         if self.progress and self.total and self.bar is None:
-            import keras  # lazily: importing keras is slow
-
-            self.bar = keras.utils.Progbar(self.total, unit_name="B")
+            self.bar = ProgressLine(self.total)
         try:
             f = open(self.part, "ab" if offset else "wb")
         except OSError as e:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zipfile
@@ -56,6 +57,17 @@ def _corrupt(path: Path, err: BaseException) -> WeightFileError:
         f"weight file {path} is corrupt or truncated ({type(err).__name__}: {err}); "
         "delete it and download it again"
     )
+
+
+@contextlib.contextmanager
+def _damage_reported(path: Path) -> Iterator[None]:
+    """Turn what the zip and .npy readers raise on a damaged file into a WeightFileError naming ``path``."""
+    try:
+        yield
+    except WeightFileError:
+        raise
+    except _READ_ERRORS as err:
+        raise _corrupt(path, err) from err
 
 
 def check_weight_file(path: str | os.PathLike) -> Path:
@@ -162,23 +174,18 @@ def inspect_npz(path: str | os.PathLike) -> dict[str, Header]:
             f"maps every official key to its array: {SAVE_FIX}"
         )
     headers: dict[str, Header] = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if not info.filename.endswith(".npy"):
-                    raise _unreadable(
-                        f"weight file {path} is a zip archive but not an .npz: its member {info.filename!r} is "
-                        f"not a .npy array; {SAVE_FIX}"
-                    )
-                key = info.filename[: -len(".npy")]
-                if key in headers:
-                    raise _unreadable(f"weight file {path} is corrupt: it holds array {key!r} twice; "
-                                      "delete it and download it again")
-                headers[key] = _member_header(zf, info, path, size)
-    except WeightFileError:
-        raise
-    except _READ_ERRORS as err:
-        raise _corrupt(path, err) from err
+    with _damage_reported(path), zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise _unreadable(
+                    f"weight file {path} is a zip archive but not an .npz: its member {info.filename!r} is "
+                    f"not a .npy array; {SAVE_FIX}"
+                )
+            key = info.filename[: -len(".npy")]
+            if key in headers:
+                raise _unreadable(f"weight file {path} is corrupt: it holds array {key!r} twice; "
+                                  "delete it and download it again")
+            headers[key] = _member_header(zf, info, path, size)
     if not headers:
         raise _unreadable(f"weight file {path} is an empty .npz (no arrays): it holds no weights; "
                           "delete it and download it again, or pass the right file")
@@ -187,20 +194,15 @@ def inspect_npz(path: str | os.PathLike) -> dict[str, Header]:
 
 def iter_arrays(path: Path, headers: Mapping[str, Header]) -> Iterator[tuple[str, np.ndarray]]:
     """The arrays of ``headers`` one at a time, each checked against its header; damage raises WeightFileError."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for key, (shape, dtype) in headers.items():
-                with zf.open(key + ".npy") as f:
-                    array = np.lib.format.read_array(f, allow_pickle=False)
-                    trailing = f.read(1)  # reaching the end makes zipfile check the CRC
-                if trailing or array.shape != tuple(shape) or array.dtype != dtype:
-                    raise _unreadable(f"weight file {path} changed while it was read (array {key!r}); "
-                                      "load it again once it is complete")
-                yield key, array
-    except WeightFileError:
-        raise
-    except _READ_ERRORS as err:
-        raise _corrupt(path, err) from err
+    with _damage_reported(path), zipfile.ZipFile(path) as zf:
+        for key, (shape, dtype) in headers.items():
+            with zf.open(key + ".npy") as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+                trailing = f.read(1)  # reaching the end makes zipfile check the CRC
+            if trailing or array.shape != tuple(shape) or array.dtype != dtype:
+                raise _unreadable(f"weight file {path} changed while it was read (array {key!r}); "
+                                  "load it again once it is complete")
+            yield key, array
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
