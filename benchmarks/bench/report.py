@@ -1,12 +1,15 @@
 """The report of ``bit-keras bench``: ratios, ``bench.csv``, ``bench.md`` and the "where we stand" summary.
 
+The targets and the figures this run cannot measure come from data files (:mod:`benchmarks.bench.targets`),
+and the report names the file each one came from.
+
 Example:
     >>> rows = [{"case": "baseline_resnet50v2", "mode": "train", "image_size": 128, "batch_size": 8,
     ...          "variant": "xla", "precision": "float32", "images_per_s": 20.0, "status": "ok"},
     ...         {"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 8,
     ...          "variant": "xla", "precision": "float32", "images_per_s": 25.0, "status": "ok"}]
-    >>> [r["ratio_to_baseline"] for r in add_ratios(rows)]
-    [1.0, 1.25]
+    >>> add_ratios(rows)[1]["ratio_to_baseline"]
+    1.25
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.bench.cases import (BASELINE_CASE, BIT_CASE, FOLD_TOLERANCE, FOLDED_CASE, MODES, PIPELINE_CASE,
-                                   TIMM_CASE, resnet_v2_gflops)
+from benchmarks.bench.cases import BASELINE_CASE, BIT_CASE, FOLDED_CASE, MODES, PEER_ARCH, PIPELINE_CASE, TIMM_CASE
+from benchmarks.bench.targets import MATCH_KEYS, ReferenceRun, Targets, display_path, load_targets, reference_for
+from bit_keras.models.spec import ARCHS
 
 CSV_COLUMNS = (
     "case", "mode", "variant", "precision", "arch", "image_size", "batch_size",
@@ -27,16 +32,6 @@ CSV_COLUMNS = (
     "images_per_s_max", "cpu_ms_per_image", "gflop_per_s", "first_call_s", "steps", "seconds", "mem_kind",
     "max_abs_diff", "load1", "status", "note",
 )
-
-# timm resnetv2_50x1_bit (pretrained=False), torch eager, 2 threads, measured on the 2-core AVX-512
-# development machine (AMD EPYC); used in the report only when timm cannot be run here.
-TIMM_REFERENCE: dict[tuple[str, int, int], float] = {
-    ("inference", 224, 8): 14.8, ("train", 224, 8): 5.9,
-    ("inference", 128, 16): 51.2, ("train", 128, 16): 16.7,
-}
-TRAIN_TARGET_VS_TIMM = 1.2
-FLOP_PEAK_FRACTION_TARGET = 0.5
-
 
 def ok_row(row: dict[str, Any]) -> bool:
     """Whether a row has a measured images/s (``ok``, or ``mismatch``: measured, but the outputs differ)."""
@@ -141,56 +136,86 @@ def _best(rows: Sequence[dict[str, Any]], case: str, mode: str, size: int, batch
     return max(found, key=lambda r: float(r["images_per_s"]), default=None)
 
 
-def summary_lines(rows: Sequence[dict[str, Any]], cores: int, reference_machine: bool = False) -> list[str]:
-    """Where bit_keras stands against the targets: training >= 1.2x timm, inference >= half the FLOP peak,
-    the folded export at least as fast as the Keras model (and equal within 1e-5), pipeline headroom.
+@dataclass(frozen=True)
+class Figures:
+    """What the summary holds the rows to: the targets, and the timm rates and FLOP peak, measured in this run or
+    else taken from a reference run of the same kind of machine (each with where it came from)."""
 
-    ``reference_machine``: this is the 2-core CPU machine :data:`TIMM_REFERENCE` was measured on, so those
-    numbers stand in for timm when it is not installed. The "CPU-time bound" is ``cores`` divided by the
-    process CPU time per image: what the row would reach with the cores to itself (the wall-clock rate
-    falls below it when other processes share the machine).
+    targets: Targets
+    cores: int = 1
+    reference: ReferenceRun | None = None
+    measured_timm: dict[tuple[str, int, int, str], float] = field(default_factory=dict)
+
+    def timm(self, mode: str, size: int, batch: int, precision: str) -> tuple[float, str] | None:
+        """timm's images/s for a row's setting and where it came from, or None.
+
+        Example:
+            >>> Figures(load_targets(), measured_timm={("train", 224, 8, "float32"): 5.0}).timm("train", 224, 8, "float32")
+            (5.0, 'measured in this run')
+        """
+        key = (mode, size, batch, precision)
+        if key in self.measured_timm:
+            return self.measured_timm[key], "measured in this run"
+        if self.reference is not None and key in self.reference.timm:
+            return self.reference.timm[key], f"from {self.reference.describe()}"
+        return None
+
+    def fp32_peak(self) -> tuple[float, str] | None:
+        """This machine's fp32 FLOP peak in GFLOP/s and where it came from, or None where none is recorded."""
+        if self.reference is None or not self.reference.fp32_peak_per_core:
+            return None
+        per_core = self.reference.fp32_peak_per_core
+        return self.cores * per_core, f"{self.cores} x {per_core:g} per core from {self.reference.describe()}"
+
+
+def summary_lines(rows: Sequence[dict[str, Any]], figures: Figures) -> list[str]:
+    """Where bit_keras stands against the targets: training vs timm, batched inference vs the FLOP peak, the
+    folded export as fast as the Keras model (and equal within the tolerance), pipeline headroom.
+
+    The "CPU-time bound" is ``figures.cores`` divided by the process CPU time per image: what the row would reach
+    with the cores to itself (the wall-clock rate falls below it when other processes share the machine).
 
     Example:
-        >>> summary_lines([], cores=2)
+        >>> summary_lines([], Figures(load_targets()))
         []
     """
-    out = []
+    figures = Figures(figures.targets, figures.cores, figures.reference,
+                      {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and ok_row(r)})
     points = sorted({(int(r["image_size"]), int(r["batch_size"])) for r in rows if r["case"] == BIT_CASE},
                     reverse=True)
-    timm_rows = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and ok_row(r)}
-    for size, batch in points:
-        for mode in MODES:
-            line = _standing_line(rows, mode, size, batch, cores, timm_rows, reference_machine)
-            if line:
-                out.append(line)
-    for r in rows:
-        if r["case"] == FOLDED_CASE and ok_row(r):
-            keras_row = next((k for k in rows if k["case"] == BIT_CASE and ok_row(k) and k["mode"] == "inference"
-                              and k["precision"] == "float32" and k["variant"] == r["variant"]
-                              and int(k["image_size"]) == int(r["image_size"])
-                              and int(k["batch_size"]) == int(r["batch_size"])), None)
-            text = (f"- folded export {r['image_size']} px batch {r['batch_size']} ({r['variant']}): "
-                    f"{float(r['images_per_s']):.2f} img/s, max abs diff vs Keras {float(r['max_abs_diff']):.1e} "
-                    f"({'within' if float(r['max_abs_diff']) <= FOLD_TOLERANCE else 'NOT within'} "
-                    f"{FOLD_TOLERANCE:g})")
-            if keras_row:
-                ratio = float(r["images_per_s"]) / float(keras_row["images_per_s"])
-                text += f"; {ratio:.2f}x the Keras model ({'as fast or faster' if ratio >= 0.98 else 'slower'})"
-            out.append(text)
-    for r in rows:
-        if r["case"] == PIPELINE_CASE and ok_row(r):
-            train = _best(rows, BIT_CASE, "train", int(r["image_size"]), int(r["batch_size"]))
-            text = f"- input pipeline {r['image_size']} px: {float(r['images_per_s']):.0f} img/s alone"
-            if train:
-                share = float(train["images_per_s"]) / float(r["images_per_s"])
-                text += (f", {share:.1%} of its capacity at the best training rate "
-                         f"({float(train['images_per_s']):.2f} img/s)")
-            out.append(text)
-    for r in rows:
-        if r["case"] == TIMM_CASE and r.get("status") == "unavailable":
-            out.append(f"- timm peer: unavailable ({r.get('note')})")
-            break
+    out = [line for size, batch in points for mode in MODES
+           if (line := _standing_line(rows, mode, size, batch, figures))]
+    out += [_folded_line(rows, r, figures.targets) for r in rows if r["case"] == FOLDED_CASE and ok_row(r)]
+    out += [_pipeline_line(rows, r) for r in rows if r["case"] == PIPELINE_CASE and ok_row(r)]
+    unavailable = next((r for r in rows if r["case"] == TIMM_CASE and r.get("status") == "unavailable"), None)
+    if unavailable is not None:
+        out.append(f"- timm peer: unavailable ({unavailable.get('note')})")
     return out
+
+
+def _folded_line(rows: Sequence[dict[str, Any]], r: dict[str, Any], targets: Targets) -> str:
+    keras_row = next((k for k in rows if k["case"] == BIT_CASE and ok_row(k) and k["mode"] == "inference"
+                      and k["precision"] == "float32" and k["variant"] == r["variant"]
+                      and int(k["image_size"]) == int(r["image_size"])
+                      and int(k["batch_size"]) == int(r["batch_size"])), None)
+    diff = float(r["max_abs_diff"])
+    text = (f"- folded export {r['image_size']} px batch {r['batch_size']} ({r['variant']}): "
+            f"{float(r['images_per_s']):.2f} img/s, max abs diff vs Keras {diff:.1e} "
+            f"({'within' if diff <= targets.folded_max_abs_diff else 'NOT within'} {targets.folded_max_abs_diff:g})")
+    if keras_row:
+        ratio = float(r["images_per_s"]) / float(keras_row["images_per_s"])
+        fast = "as fast or faster" if ratio >= targets.folded_min_speed_ratio else "slower"
+        text += f"; {ratio:.2f}x the Keras model ({fast})"
+    return text
+
+
+def _pipeline_line(rows: Sequence[dict[str, Any]], r: dict[str, Any]) -> str:
+    train = _best(rows, BIT_CASE, "train", int(r["image_size"]), int(r["batch_size"]))
+    text = f"- input pipeline {r['image_size']} px: {float(r['images_per_s']):.0f} img/s alone"
+    if train:
+        share = float(train["images_per_s"]) / float(r["images_per_s"])
+        text += f", {share:.1%} of its capacity at the best training rate ({float(train['images_per_s']):.2f} img/s)"
+    return text
 
 
 def _cpu_bound(row: dict[str, Any], cores: int) -> float:
@@ -199,17 +224,17 @@ def _cpu_bound(row: dict[str, Any], cores: int) -> float:
     return cores * 1000.0 / float(cpu) if cpu not in (None, "", 0) else 0.0
 
 
-def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: int, cores: int,
-                   timm_rows: dict[tuple, float], reference_machine: bool) -> str | None:
+def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: int, figures: Figures) -> str | None:
     """One "where we stand" line: best bit_keras row (wall clock and CPU-time bound) vs baseline, timm, targets."""
-    found = [r for r in rows if r["case"] == BIT_CASE and r["mode"] == mode and ok_row(r) and r.get("arch") == "R50x1"
-             and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
+    found = [r for r in rows if r["case"] == BIT_CASE and r["mode"] == mode and ok_row(r)
+             and r.get("arch") == PEER_ARCH and int(r["image_size"]) == size and int(r["batch_size"]) == batch]
     if not found:
         return None
+    cores = figures.cores
     best = max(found, key=lambda r: float(r["images_per_s"]))
     bound_row = max(found, key=lambda r: _cpu_bound(r, cores))
     ips, bound = float(best["images_per_s"]), _cpu_bound(bound_row, cores)
-    text = (f"- R50x1 {mode} {size} px batch {batch}: best bit_keras {ips:.2f} img/s ({best['variant']}/"
+    text = (f"- {PEER_ARCH} {mode} {size} px batch {batch}: best bit_keras {ips:.2f} img/s ({best['variant']}/"
             f"{best['precision']}); best CPU-time bound {bound:.1f} img/s ({bound_row['variant']}/"
             f"{bound_row['precision']})")
     base_rows = [r for r in rows if r["case"] == BASELINE_CASE and r["mode"] == mode and ok_row(r)
@@ -218,41 +243,77 @@ def _standing_line(rows: Sequence[dict[str, Any]], mode: str, size: int, batch: 
         base = max(base_rows, key=lambda r: float(r["images_per_s"]))
         text += (f"; best baseline {float(base['images_per_s']):.2f} img/s ({base['variant']}/{base['precision']}), "
                  f"bound {max(_cpu_bound(r, cores) for r in base_rows):.1f}")
-    timm, source = timm_rows.get((mode, size, batch, "float32")), "measured"
-    if timm is None and reference_machine and (mode, size, batch) in TIMM_REFERENCE:
-        timm, source = TIMM_REFERENCE[(mode, size, batch)], "reference number of this machine type"
-    if timm and mode == "train":
-        need = TRAIN_TARGET_VS_TIMM * timm
-        text += (f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm, target {TRAIN_TARGET_VS_TIMM}x = "
-                 f"{need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
-    elif timm:
-        text += f"; timm float32 {timm:.2f} ({source}): {ips / timm:.2f}x timm"
-    same = timm_rows.get((mode, size, batch, best["precision"]))
-    if same:
-        text += f"; vs timm also in {best['precision']} ({same:.2f} img/s): {ips / same:.2f}x"
+    text += _timm_text(mode, size, batch, ips, bound, best["precision"], figures)
     if mode == "inference" and batch == 1:
         text += "; serving one image at a time (the FLOP-peak target is for batched inference)"
     elif mode == "inference":
-        peak = cores * 147.0  # GFLOP/s: 2 AVX-512 FMA units x 16 float32 x 2 flops x ~2.3 GHz per core
-        gflops = resnet_v2_gflops((3, 4, 6, 3), 1, size)
-        need = FLOP_PEAK_FRACTION_TARGET * peak / gflops
-        text += (f"; {ips * gflops:.0f} GFLOP/s = {ips * gflops / peak:.0%} of ~{peak:.0f} GFLOP/s fp32 peak, "
-                 f"target half the peak = {need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+        text += _peak_text(size, ips, bound, figures)
     return text
+
+
+def _timm_text(mode: str, size: int, batch: int, ips: float, bound: float, precision: str, figures: Figures) -> str:
+    """timm's float32 rate (the target's reference) and, when ours is another precision, timm's in that one."""
+    text = ""
+    timm = figures.timm(mode, size, batch, "float32")
+    if timm and mode == "train":
+        need = figures.targets.train_vs_timm * timm[0]
+        text += (f"; timm float32 {timm[0]:.2f} ({timm[1]}): {ips / timm[0]:.2f}x timm, target "
+                 f"{figures.targets.train_vs_timm:g}x = {need:.1f} img/s: {_met(ips, need)} (bound: {_met(bound, need)})")
+    elif timm:
+        text += f"; timm float32 {timm[0]:.2f} ({timm[1]}): {ips / timm[0]:.2f}x timm"
+    same = figures.timm(mode, size, batch, precision) if precision != "float32" else None
+    if same:
+        text += f"; vs timm also in {precision} ({same[0]:.2f} img/s, {same[1]}): {ips / same[0]:.2f}x"
+    return text
+
+
+def _peak_text(size: int, ips: float, bound: float, figures: Figures) -> str:
+    """Batched inference against the share of the fp32 FLOP peak the targets ask for."""
+    gflops = ARCHS[PEER_ARCH].gflops(size)
+    peak = figures.fp32_peak()
+    if peak is None:
+        return f"; {ips * gflops:.0f} GFLOP/s (no fp32 FLOP peak recorded for this machine: target not checked)"
+    fraction = figures.targets.inference_flop_peak_fraction
+    need = fraction * peak[0] / gflops
+    return (f"; {ips * gflops:.0f} GFLOP/s = {ips * gflops / peak[0]:.0%} of ~{peak[0]:.0f} GFLOP/s fp32 peak "
+            f"({peak[1]}), target {fraction:.0%} of the peak = {need:.1f} img/s: {_met(ips, need)} "
+            f"(bound: {_met(bound, need)})")
 
 
 def _met(value: float, target: float) -> str:
     return "met" if value >= target else "NOT met"
 
 
-def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], title: str = "bit-keras bench") -> str:
-    """The report: machine, where we stand, and the table of all rows."""
+def source_lines(figures: Figures) -> list[str]:
+    """Where the targets and the figures not measured in this run come from.
+
+    Example:
+        >>> print(source_lines(Figures(load_targets()))[1])
+        - figures not measured in this run: none (no run in benchmarks/targets.json's reference_runs was measured on this kind of machine: same cpu, cores, cpu_flags, gpus)
+    """
+    lines = [f"- targets: {figures.targets.describe()}"]
+    ref = figures.reference
+    if ref is None:
+        lines.append(f"- figures not measured in this run: none (no run in {display_path(figures.targets.path)}'s reference_runs "
+                     f"was measured on this kind of machine: same {', '.join(MATCH_KEYS)})")
+        return lines
+    text = f"- figures not measured in this run: {ref.describe()}: timm's rows of its bench.csv"
+    if ref.fp32_peak_per_core:
+        text += f"; fp32 FLOP peak {ref.fp32_peak_per_core:g} GFLOP/s per core (its machine_figures.json: {ref.peak_from})"
+    return lines + [text]
+
+
+def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], title: str = "bit-keras bench",
+                    targets: Targets | None = None) -> str:
+    """The report: machine, where the targets and figures come from, where we stand, and the table of all rows."""
+    targets = targets or load_targets()
+    figures = Figures(targets, int(machine.get("cores") or 1), reference_for(machine, targets))
     parts = [f"# {title}", "", "## Machine", "", *_machine_lines(machine), "",
-             "## Where we stand", "", *(summary_lines(rows, int(machine.get("cores") or 1), _is_reference_machine(machine))
-                                      or ["- no rows"]), "",
+             "## Sources", "", *source_lines(figures), "",
+             "## Where we stand", "", *(summary_lines(rows, figures) or ["- no rows"]), "",
              "## All rows", "",
              "img/s: median over the repeats. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
-             "keras.applications.ResNet50V2 with the same mode, size, batch, variant and precision. x timm: over "
+             "the BatchNorm baseline with the same mode, size, batch, variant and precision. x timm: over "
              "timm's row with the same mode, size, batch and precision. CPU ms/img: process CPU time (all threads) per image, "
              "the measure least disturbed by other processes on a shared machine.", "", markdown_table(rows), ""]
     return "\n".join(parts)
@@ -283,11 +344,6 @@ def render_profiles(rows: Sequence[dict[str, Any]]) -> str:
         parts += [f"| {name} | {ms:.1f} | {ms / total:.0%} |" for name, ms in r["profile"]]
         parts.append("")
     return "\n".join(parts)
-
-
-def _is_reference_machine(machine: dict[str, Any]) -> bool:
-    """The 2-core AVX-512 CPU machine (no GPU) that :data:`TIMM_REFERENCE` was measured on."""
-    return not machine.get("gpus") and machine.get("cores") == 2 and "avx512f" in (machine.get("cpu_flags") or [])
 
 
 def _mem_note(rows: Sequence[dict[str, Any]]) -> str:

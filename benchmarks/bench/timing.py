@@ -19,6 +19,8 @@ import statistics
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -101,11 +103,15 @@ class MemoryProbe:
 
 
 def sync(value: Any) -> None:
-    """Wait for ``value`` (a tensor, a dict of them, or a Python number) to be computed."""
-    import numpy as np
+    """Wait for ``value`` (a tensor, a dict, tuple or list of them, or a Python number) to be computed.
 
+    Example:
+        >>> sync((np.zeros(2), {"a": 1.0}))
+    """
     if isinstance(value, dict):
         value = next(iter(value.values()))
+    elif isinstance(value, (tuple, list)):
+        value = value[0]  # (images, labels) from a pipeline: its elements come together
     np.asarray(value)
 
 
