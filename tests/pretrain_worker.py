@@ -23,21 +23,35 @@ SETTINGS = dict(preset="tiny", epochs=1, batch_size=16, image_size=16, steps_per
 
 
 def mirrored(out):
+    """The same run under the default strategy and a 2-replica MirroredStrategy: each run's weights as pretrain()
+    built them (before the first step) and at the end."""
     from bit_keras.train.distribute import split_cpu
 
     devices = split_cpu(2)
     import tensorflow as tf
 
-    from bit_keras.recipes.pretrain import pretrain
+    import bit_keras.recipes.pretrain as recipe
 
+    starts = []
+    build = recipe._build
+
+    def recording_build(*args, **kwargs):
+        model = build(*args, **kwargs)
+        starts.append([np.array(v.numpy()) for v in model.weights])
+        return model
+
+    recipe._build = recording_build
     images, labels = data()
-    base = pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.get_strategy(), **SETTINGS)
-    mirrored = pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.MirroredStrategy(devices), **SETTINGS)
-    assert mirrored.model.layers[3].kernel.__class__.__name__ != "", "built"
+    base = recipe.pretrain("BiT-tiny", (images, labels), strategy=tf.distribute.get_strategy(), **SETTINGS)
+    strategy = tf.distribute.MirroredStrategy(devices)
+    mirrored = recipe.pretrain("BiT-tiny", (images, labels), strategy=strategy, **SETTINGS)
+    assert len(starts) == 2, len(starts)
+    np.savez(os.path.join(out, "default_start.npz"), *starts[0])
+    np.savez(os.path.join(out, "mirrored_start.npz"), *starts[1])
     np.savez(os.path.join(out, "default.npz"), *[v.numpy() for v in base.model.weights])
     np.savez(os.path.join(out, "mirrored.npz"), *[v.numpy() for v in mirrored.model.weights])
     with open(os.path.join(out, "replicas.txt"), "w") as f:
-        f.write(str(tf.distribute.MirroredStrategy(devices).num_replicas_in_sync))
+        f.write(str(strategy.num_replicas_in_sync))
 
 
 def multi_worker(out):

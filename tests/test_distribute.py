@@ -5,6 +5,7 @@ import json
 import pytest
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
 from bit_keras.train import distribute
 
 
@@ -25,11 +26,12 @@ def test_a_strategy_object_passes_through():
 def test_forced_kinds():
     assert isinstance(distribute.get_strategy("one_device"), tf.distribute.OneDeviceStrategy)
     mirrored = distribute.get_strategy("mirrored")
-    assert isinstance(mirrored, tf.distribute.MirroredStrategy) and mirrored.num_replicas_in_sync >= 1
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))  # every GPU, else the CPU
 
 
 def test_unknown_kind_names_the_choices():
-    with pytest.raises(ValueError, match="unknown strategy 'gpu'; choose from auto, tpu, multi_worker"):
+    with pytest.raises(ConfigError, match="unknown strategy 'gpu'; choose from auto, tpu, multi_worker"):
         distribute.get_strategy("gpu")
 
 
@@ -37,7 +39,7 @@ def test_tf_config_parsing():
     cluster = {"cluster": {"chief": ["h:1"], "worker": ["h:2", "h:3"]}, "task": {"type": "worker", "index": 0}}
     assert distribute.tf_config_workers({"TF_CONFIG": json.dumps(cluster)}) == 3
     assert distribute.tf_config_workers({}) == 0
-    with pytest.raises(ValueError, match="TF_CONFIG is not valid JSON"):
+    with pytest.raises(ConfigError, match="TF_CONFIG is not valid JSON"):
         distribute.tf_config_workers({"TF_CONFIG": "{nope"})
 
 
@@ -47,7 +49,7 @@ def test_replica_batch_size_must_divide():
         num_replicas_in_sync = 2
 
     assert distribute.replica_batch_size(512, TwoReplicas()) == 256
-    with pytest.raises(ValueError, match="global batch 7 is not divisible by the 2 replicas"):
+    with pytest.raises(ConfigError, match="global batch 7 is not divisible by the 2 replicas"):
         distribute.replica_batch_size(7, TwoReplicas())
 
 

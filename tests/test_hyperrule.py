@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bit_keras.errors import ConfigError
 from bit_keras.recipes.hyperrule import (
     HyperParams,
     get_lr,
@@ -48,7 +49,7 @@ def test_get_resolution_paper_rule(size: tuple[int, int], expected: tuple[int, i
 
 
 def test_get_resolution_unknown_rule() -> None:
-    with pytest.raises(ValueError, match="'code', 'paper'"):
+    with pytest.raises(ConfigError, match="'code', 'paper'"):
         get_resolution((32, 32), rule="timm")
 
 
@@ -133,7 +134,7 @@ def test_get_lr_explicit_schedule() -> None:
     assert get_lr(20, 10**9, schedule=schedule) == pytest.approx(0.003)  # schedule wins over num_examples
     assert get_lr(21, None, schedule=schedule) == pytest.approx(3e-4)
     assert get_lr(30, None, schedule=schedule) is None
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ConfigError, match="schedule"):
         get_lr(5, None)
 
 
@@ -155,7 +156,7 @@ def test_hyperparams_for_small_dataset() -> None:
         "weight_decay": 0.0,
         "zero_head": True,
     }
-    json.dumps(hp.to_dict())
+    assert json.loads(json.dumps(hp.to_dict())) == hp.to_dict()  # JSON as it is (lists, not tuples)
 
 
 def test_hyperparams_for_edges() -> None:
@@ -167,7 +168,7 @@ def test_hyperparams_for_edges() -> None:
     assert list(hyperparams_for(500_000, (224, 224)).schedule) == LARGE
     paper = hyperparams_for(500_000, (224, 224), rule="paper")
     assert (paper.resize, paper.crop) == (448, 384)
-    with pytest.raises(ValueError, match="unknown rule"):
+    with pytest.raises(ConfigError, match="unknown rule"):
         hyperparams_for(10, (32, 32), rule="nope")
 
 
@@ -193,7 +194,7 @@ def test_overrides() -> None:
 
 
 def test_unknown_override_names_valid_fields() -> None:
-    with pytest.raises(TypeError) as err:
+    with pytest.raises(ConfigError) as err:
         hyperparams_for(1000, (32, 32), learning_rate=0.1)
     msg = str(err.value)
     assert "learning_rate" in msg
@@ -202,13 +203,13 @@ def test_unknown_override_names_valid_fields() -> None:
 
 
 def test_invalid_values() -> None:
-    with pytest.raises(ValueError, match="increasing"):
+    with pytest.raises(ConfigError, match="increasing"):
         hyperparams_for(1000, (32, 32), schedule=[300, 200, 500])
-    with pytest.raises(ValueError, match="increasing"):
+    with pytest.raises(ConfigError, match="increasing"):
         hyperparams_for(1000, (32, 32), schedule=[500])
-    with pytest.raises(ValueError, match="crop"):
+    with pytest.raises(ConfigError, match="crop"):
         hyperparams_for(1000, (32, 32), crop=224)  # resize stays 160
-    with pytest.raises(ValueError, match="num_examples"):
+    with pytest.raises(ConfigError, match="num_examples"):
         hyperparams_for(-1, (32, 32))
 
 

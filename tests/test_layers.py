@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from bit_keras.errors import ConfigError
 from bit_keras.models.layers import GroupNorm, StandardizedConv2D, standardize_kernel
 from bit_keras.models.policy import dtype_policy
 
@@ -32,7 +33,7 @@ def test_standardized_conv_standardizes_at_every_call():
     conv.kernel.assign(w * 10 + 7)  # scale and shift of the raw kernel change nothing
     np.testing.assert_allclose(np.asarray(conv(x)), x @ ws[0, 0], rtol=1e-4, atol=1e-4)
     assert conv.bias is None
-    with pytest.raises(ValueError, match="no bias"):
+    with pytest.raises(ConfigError, match="no bias"):
         StandardizedConv2D(2, 1, use_bias=True)
 
 
@@ -87,7 +88,7 @@ def test_group_norm_gradients_match_autodiff_of_the_textbook_layer(shape):
 
 
 def test_group_norm_rejects_indivisible_channels():
-    with pytest.raises(ValueError, match="48 channels cannot be split into 32 groups"):
+    with pytest.raises(ConfigError, match="48 channels cannot be split into 32 groups"):
         GroupNorm()(np.zeros((1, 2, 2, 48), np.float32))
 
 

@@ -387,8 +387,34 @@ def test_cli_registry_commands(published: Registry, capsys: pytest.CaptureFixtur
     assert "already published" in capsys.readouterr().err  # refused before building anything
 
 
-def test_package_exports() -> None:
-    assert hub_export.Registry is Registry and callable(hub_export.export) and callable(hub_export.serve)
+# What `from hub_export import X` must give: the function or class of the module that defines it.
+EXPORTS = {
+    "export": "hub_export.saved_model", "fold_weight_standardization": "hub_export.saved_model",
+    "Registry": "hub_export.registry", "default_root": "hub_export.registry", "parse_handle": "hub_export.registry",
+    "RegistryServer": "hub_export.server", "serve": "hub_export.server",
+    "SavedModelLayer": "hub_export.load", "is_handle": "hub_export.load", "load_layer": "hub_export.load",
+    "resolve": "hub_export.load",
+    "ExportError": "bit_keras.errors", "HandleNotFoundError": "bit_keras.errors",
+    "InvalidHandleError": "bit_keras.errors", "RegistryError": "bit_keras.errors",
+    "VersionExistsError": "bit_keras.errors",
+}
+
+
+def test_lazy_exports_are_the_module_objects() -> None:
+    """hub_export's names resolve on first use (PEP 562), each to the object its module defines (that importing
+    hub_export and using the registry loads no TensorFlow is in tests/test_architecture.py)."""
+    import importlib
+
+    from bit_keras.errors import BitKerasError
+
+    assert sorted(hub_export.__all__) == sorted(EXPORTS) and set(EXPORTS) <= set(dir(hub_export))
+    for name, module in EXPORTS.items():
+        value = getattr(hub_export, name)
+        assert value is getattr(importlib.import_module(module), name), name
+        assert value.__module__ == module, (name, value.__module__)
+        assert not name.endswith("Error") or issubclass(value, BitKerasError), name
+    with pytest.raises(AttributeError, match="module 'hub_export' has no attribute 'Exporter'"):
+        hub_export.Exporter  # noqa: B018
 
 
 def test_publish_refuses_symlinks(registry: Registry, tmp_path: Path) -> None:

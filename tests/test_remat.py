@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from bit_keras.errors import ConfigError
 from bit_keras.train.remat import remat_forward
 from bit_keras.models.resnet import resnet_v2
 
@@ -74,5 +75,5 @@ def test_remat_refuses_a_model_without_units():
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
-    with pytest.raises(ValueError, match="no residual units .* remat=False"):
+    with pytest.raises(ConfigError, match="no residual units .* remat=False"):
         remat_forward(model)

@@ -12,6 +12,7 @@ import pytest
 
 import bit_keras
 from bit_keras import BitKerasError, WeightFileError
+from bit_keras.errors import DownloadError
 from bit_keras.models.download import url_to_cache_path
 from bit_keras.models.npz import inspect_npz, read_npz
 from bit_keras.models.spec import HEAD_BIAS, HEAD_KERNEL
@@ -359,7 +360,7 @@ def zoo_tiny(monkeypatch, tmp_path, loopback_server):
 def test_a_download_that_is_not_an_npz_never_reaches_the_cache(zoo_tiny, loopback_server):
     info, _, cached = zoo_tiny
     loopback_server.files["/bit/test-weights-tiny.npz"] = b"<html>Service moved</html>"
-    with pytest.raises(BitKerasError):
+    with pytest.raises(DownloadError, match="HTML page"):
         bit_keras.create_model(info.name, weights="pretrained")
     assert not cached.exists()
 

@@ -9,6 +9,7 @@ import pytest
 
 import bit_keras
 from bit_keras import WeightFileError
+from bit_keras.errors import ConfigError, LabelFileError, MissingFileError
 from bit_keras.cli import main as cli_main
 from bit_keras.models.npz import read_npz
 from tests import reference_bit
@@ -205,7 +206,7 @@ def test_truncated_file_is_reported_as_corrupt(tiny, tmp_path):
 
 
 def test_missing_local_file(tiny, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(MissingFileError, match="no such file"):
         bit_keras.create_model("test-zoo-tiny", weights=tmp_path / "nope.npz")
 
 
@@ -244,7 +245,7 @@ def test_multi_scale_features(tiny):
         "block4": (2, 2, 2, 1024),
         "pre_logits": (2, 1024),
     }
-    with pytest.raises(ValueError, match="unknown feature output"):
+    with pytest.raises(ConfigError, match="unknown feature output"):
         bit_keras.feature_extractor(model, ["block5"])
 
 
@@ -261,7 +262,7 @@ def test_labels_from_the_official_label_file(loopback_server, monkeypatch, tmp_p
     monkeypatch.setenv("BIT_KERAS_WEIGHTS_URL", loopback_server.url("/bit/"))
     assert bit_keras.get_labels("BiT-S-R50x1") == lemmas
     loopback_server.files["/bit/imagenet21k_wordnet_lemmas.txt"] = b"only\ntwo"
-    with pytest.raises(ValueError, match="has 2 lines but BiT-M-R50x1 has 21843 classes"):
+    with pytest.raises(LabelFileError, match="has 2 lines but BiT-M-R50x1 has 21843 classes"):
         bit_keras.get_labels("BiT-M-R50x1")
     with pytest.raises(ValueError, match="no published label names"):
         bit_keras.get_labels("BiT-L-R50x1")
