@@ -23,6 +23,7 @@ import sys
 from typing import Any
 
 from bit_keras.errors import (
+    BackendError,
     BitKerasError,
     ConfigError,
     DataError,
@@ -45,7 +46,7 @@ from bit_keras.errors import (
 
 __version__ = "0.2.0"
 _ERRORS = [
-    "BitKerasError", "ConfigError", "DataError", "DownloadError", "ExportError", "HandleNotFoundError",
+    "BackendError", "BitKerasError", "ConfigError", "DataError", "DownloadError", "ExportError", "HandleNotFoundError",
     "InvalidHandleError", "LabelFileError", "MissingDependencyError", "MissingFileError", "Preempted",
     "RegistryError", "TfdsError", "TrainingDivergedError", "UnknownModelError", "VersionExistsError",
     "WeightFileError", "WeightsUnavailableError",
@@ -64,6 +65,7 @@ _LAZY: dict[str, str] = {
     "register_model": "bit_keras.models.presets",
     "get_labels": "bit_keras.models.labels",
     "inspect_npz": "bit_keras.models.npz",
+    "backend": "bit_keras.backend",
     # Keras models
     "GroupNorm": "bit_keras.models.layers",
     "StandardizedConv2D": "bit_keras.models.layers",

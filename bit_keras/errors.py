@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
     "BitKerasError",
     "ConfigError",
     "DataError",
@@ -51,6 +52,11 @@ class ConfigError(BitKerasError, ValueError, TypeError):
 
     Also a ``TypeError``, since a wrong keyword or argument type is one.
     """
+
+
+class BackendError(BitKerasError, RuntimeError):
+    """A TensorFlow-only part (tf.distribute pre-training, SavedModel export, the hub server...) called on
+    another Keras backend; the message names the backend to use (``KERAS_BACKEND=tensorflow``)."""
 
 
 class MissingDependencyError(BitKerasError, ImportError):

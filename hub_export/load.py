@@ -35,6 +35,7 @@ from typing import Any
 
 import keras
 
+from bit_keras.backend import require_tensorflow
 from bit_keras.errors import ConfigError, MissingDependencyError, MissingFileError
 
 __all__ = ["SavedModelLayer", "is_handle", "load_layer", "resolve"]
@@ -196,6 +197,7 @@ def load_layer(handle: str | os.PathLike, trainable: bool = False, *, name: str 
         >>> tuple(layer(np.zeros((1, 32, 32, 3), "float32")).shape)
         (1, 512)
     """
+    require_tensorflow("Loading a SavedModel (load_layer)")
     path = resolve(handle, registry=registry)
     endpoints, meta = _endpoints(path)
     if trainable and meta.get("fine_tunable") is False:

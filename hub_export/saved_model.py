@@ -34,7 +34,13 @@ from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+from bit_keras.backend import require_tensorflow
+
+require_tensorflow("SavedModel export (hub_export.export)")
+# (checked before importing TensorFlow, which a JAX or PyTorch install may lack)
+
+import tensorflow as tf  # noqa: E402
 
 from bit_keras.atomic import atomic_path
 from bit_keras.errors import ExportError, WeightFileError

@@ -34,9 +34,9 @@ def test_remat_gives_the_same_loss_and_gradients_inside_tf_function():
     images = np.random.default_rng(1).uniform(0, 1, (4, 32, 32, 3)).astype("float32")
     labels = np.array([0, 1, 2, 3])
     forward = remat_forward(model)
-    assert [u.name for u in forward.units] == ["block1.unit01_remat", "block2.unit01_remat",
-                                                "block2.unit02_remat", "block3.unit01_remat",
-                                                "block4.unit01_remat"]
+    assert [u.name for u in forward.units] == ["block1-unit01_remat", "block2-unit01_remat",
+                                                "block2-unit02_remat", "block3-unit01_remat",
+                                                "block4-unit01_remat"]
     loss, grads = _loss_and_grads(model, model, images, labels)
     r_loss, r_grads = _loss_and_grads(model, forward, images, labels)
     np.testing.assert_allclose(float(r_loss), float(loss), rtol=1e-6)

@@ -186,12 +186,12 @@ def test_wrong_architecture_is_recognised_by_name(tmp_path):
 
 def test_nothing_is_assigned_when_loading_fails(tiny, tmp_path):
     model = bit_keras.create_model("test-zoo-tiny")
-    before = model.get_layer("root_block.standardized_conv2d").kernel.numpy().copy()
+    before = model.get_layer("root_block-standardized_conv2d").kernel.numpy().copy()
     arrays = _tiny_checkpoint()
     arrays["resnet/group_norm/gamma"] = np.ones(3, np.float32)
     with pytest.raises(WeightFileError, match="resnet/group_norm/gamma: file \\(3,\\), model \\(1024,\\)"):
         bit_keras.load_npz(model, _write(tmp_path, arrays))
-    np.testing.assert_array_equal(model.get_layer("root_block.standardized_conv2d").kernel.numpy(), before)
+    np.testing.assert_array_equal(model.get_layer("root_block-standardized_conv2d").kernel.numpy(), before)
 
 
 def test_truncated_file_is_reported_as_corrupt(tiny, tmp_path):

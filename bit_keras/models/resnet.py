@@ -4,9 +4,11 @@ Pre-activation bottleneck ResNet-v2 with weight-standardized convolutions and Gr
 google-research/big_transfer. The network is walked from its :class:`~bit_keras.models.spec.ArchSpec`
 (:meth:`~bit_keras.models.spec.ArchSpec.units`), and the layers are passed in, as in timm: ``conv_layer``
 (default :class:`StandardizedConv2D`; a plain ``Conv2D`` gives the folded serving network) and
-``norm_layer`` (default :class:`GroupNorm`). Layer names mirror the official ``.npz`` keys with ``/`` as
-``.`` (``block1.unit01.a.group_norm`` holds ``resnet/block1/unit01/a/group_norm/{gamma,beta}``), so weights
-map to layers by name whatever the layers are.
+``norm_layer`` (default :class:`GroupNorm`). Layer names mirror the official ``.npz`` keys with ``-`` for
+``/`` (``block1-unit01-a-group_norm`` holds ``resnet/block1/unit01/a/group_norm/{gamma,beta}``), so weights
+map to layers by name whatever the layers are. (Not ``.``, as bit-keras 0.2 wrote: Keras on PyTorch registers
+variables as torch parameters by layer name, and torch refuses a ``.`` in a parameter name. Models from
+``.keras`` files of 0.2 still load their weights by name.)
 
 Named feature layers (identity layers, free at run time) mark the multi-scale outputs: ``stem``
 (stride 4), ``block1`` (4), ``block2`` (8), ``block3`` (16), ``block4`` (32), and ``pre_logits``.
@@ -85,13 +87,13 @@ class _Layers:
         return keras.layers.ReLU(name=relu or f"{prefix}relu")(x)
 
     def unit(self, x: Any, u: UnitSpec) -> Any:
-        p = self.norm_relu(x, f"{u.name}.a.")
-        shortcut = self.conv(p, u.out_channels, 1, u.stride, f"{u.name}.a.proj.standardized_conv2d") \
+        p = self.norm_relu(x, f"{u.name}-a-")
+        shortcut = self.conv(p, u.out_channels, 1, u.stride, f"{u.name}-a-proj-standardized_conv2d") \
             if u.has_projection else x
-        y = self.conv(p, u.mid_channels, 1, 1, f"{u.name}.a.standardized_conv2d")
-        y = self.conv(self.norm_relu(y, f"{u.name}.b."), u.mid_channels, 3, u.stride, f"{u.name}.b.standardized_conv2d")
-        y = self.conv(self.norm_relu(y, f"{u.name}.c."), u.out_channels, 1, 1, f"{u.name}.c.standardized_conv2d")
-        return keras.layers.Add(name=f"{u.name}.add")([shortcut, y])
+        y = self.conv(p, u.mid_channels, 1, 1, f"{u.name}-a-standardized_conv2d")
+        y = self.conv(self.norm_relu(y, f"{u.name}-b-"), u.mid_channels, 3, u.stride, f"{u.name}-b-standardized_conv2d")
+        y = self.conv(self.norm_relu(y, f"{u.name}-c-"), u.out_channels, 1, 1, f"{u.name}-c-standardized_conv2d")
+        return keras.layers.Add(name=f"{u.name}-add")([shortcut, y])
 
 
 def resnet_v2(
@@ -135,9 +137,9 @@ def resnet_v2(
     scale, offset = input_scaling(input_range)
     if (scale, offset) != (1.0, 0.0):
         x = keras.layers.Rescaling(scale, offset, name=RESCALE_NAME)(x)
-    x = layers.conv(x, spec.root_channels, 7, 2, "root_block.standardized_conv2d")
-    x = keras.layers.ZeroPadding2D(1, name="root_block.pool_pad")(x)
-    x = keras.layers.MaxPooling2D(3, 2, padding="valid", name="root_block.pool")(x)
+    x = layers.conv(x, spec.root_channels, 7, 2, "root_block-standardized_conv2d")
+    x = keras.layers.ZeroPadding2D(1, name="root_block-pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, 2, padding="valid", name="root_block-pool")(x)
     x = keras.layers.Identity(name="stem")(x)
     for u in spec.units():
         x = layers.unit(x, u)

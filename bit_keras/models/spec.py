@@ -46,7 +46,7 @@ class UnitSpec:
 
     @property
     def name(self) -> str:
-        return f"block{self.block}.unit{self.unit:02d}"
+        return f"block{self.block}-unit{self.unit:02d}"
 
     @property
     def has_projection(self) -> bool:

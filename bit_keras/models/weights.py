@@ -48,7 +48,8 @@ HEAD_KEYS = (HEAD_KERNEL, HEAD_BIAS)
 
 
 def _layer_key(layer: keras.layers.Layer) -> str:
-    return PREFIX + layer.name.replace(".", "/")
+    # "-" stands for "/" in layer names; "." in models saved by bit-keras 0.2 (see bit_keras.models.resnet)
+    return PREFIX + layer.name.replace("-", "/").replace(".", "/")
 
 
 def backbone_variables(model: keras.Model) -> dict[str, keras.Variable]:

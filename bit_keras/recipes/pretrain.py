@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
+
+from bit_keras.backend import require_tensorflow
+
+require_tensorflow("Upstream pre-training (bit_keras.pretrain, tf.distribute)")
+# (checked before importing TensorFlow, which a JAX or PyTorch install may lack)
+
+import tensorflow as tf  # noqa: E402
 
 from bit_keras.atomic import save_model, write_json
 from bit_keras.data.pipelines import upstream_pipeline

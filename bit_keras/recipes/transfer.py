@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
+
+from bit_keras.backend import require_backend
+
+require_backend(("tensorflow", "jax"), "Fine-tuning (bit_keras.transfer)")
+# (checked before importing TensorFlow, which a PyTorch install may lack)
+
+import tensorflow as tf  # noqa: E402
 
 from bit_keras.atomic import save_model, write_json
 from bit_keras.data.pipelines import eval_pipeline, train_pipeline

@@ -1,7 +1,7 @@
 """Rematerialisation of residual units: trade compute for activation memory in training.
 
 :func:`remat_forward` cuts a BiT ResNet-v2 (any functional model whose units are named like
-``block1.unit01.*``) into one sub-model per residual unit, sharing the model's layers and weights, and runs
+``block1-unit01-*``) into one sub-model per residual unit, sharing the model's layers and weights, and runs
 each under ``tf.recompute_grad``: the backward pass recomputes a unit's activations from its input instead
 of keeping them from the forward pass. A training step then holds the unit boundaries (one tensor each)
 plus one unit's internals at a time, instead of every GroupNorm, ReLU and convolution output of the
@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from bit_keras.errors import ConfigError
 
-UNIT_START = re.compile(r"^(block\d+\.unit\d+)\.a\.group_norm$")
+UNIT_START = re.compile(r"^(block\d+[-.]unit\d+)([-.])a[-.]group_norm$")  # "." in models of bit-keras 0.2
 
 
 class RematForward:
@@ -44,18 +44,18 @@ class RematForward:
     """
 
     def __init__(self, model: keras.Model):
-        starts = [m.group(1) for m in (UNIT_START.match(layer.name) for layer in model.layers) if m]
+        starts = [(m.group(1), m.group(2)) for m in (UNIT_START.match(layer.name) for layer in model.layers) if m]
         if not starts:
             raise ConfigError(
-                f"remat: model {model.name!r} has no residual units named 'blockN.unitNN.a.group_norm' to "
+                f"remat: model {model.name!r} has no residual units named 'blockN-unitNN-a-group_norm' to "
                 "rematerialise (a hub.KerasLayer or another architecture); train it with remat=False."
             )
         self.model = model
         segments: list[tuple[str, keras.Model]] = []
         boundary = model.inputs[0]
-        for prefix in starts:
-            unit_in = model.get_layer(f"{prefix}.a.group_norm").input
-            unit_out = model.get_layer(f"{prefix}.add").output
+        for prefix, sep in starts:
+            unit_in = model.get_layer(f"{prefix}{sep}a{sep}group_norm").input
+            unit_out = model.get_layer(f"{prefix}{sep}add").output
             if unit_in is not boundary:
                 segments.append(("glue", keras.Model(boundary, unit_in, name=f"{prefix}_before")))
             segments.append(("unit", keras.Model(unit_in, unit_out, name=f"{prefix}_remat")))
@@ -82,6 +82,6 @@ def remat_forward(model: keras.Model) -> RematForward:
     Example:
         >>> from bit_keras.models.resnet import resnet_v2
         >>> [u.name for u in remat_forward(resnet_v2((1, 2, 1, 1), 0.25, groups=8)).units][:3]
-        ['block1.unit01_remat', 'block2.unit01_remat', 'block2.unit02_remat']
+        ['block1-unit01_remat', 'block2-unit01_remat', 'block2-unit02_remat']
     """
     return RematForward(model)
