@@ -11,6 +11,10 @@ that optimizers with slot variables (SGD with momentum, Adam, AdamW) work; plain
 ``tensorflow_hub`` is needed only for URLs (``pip install bit-keras[hub]``). tf-keras users load the same
 SavedModels with ``hub.KerasLayer(handle, trainable=True)``.
 
+TensorFlow only, by nature (``keras.layers.TFSMLayer`` runs a TensorFlow graph): :func:`load_layer` raises
+:class:`~bit_keras.errors.BackendError` on another Keras backend. :func:`is_handle` and :func:`resolve` need
+no backend.
+
 Note: ``TFSMLayer`` ignores a SavedModel's ``regularization_losses``; put weight decay in the optimizer.
 
 Example:
@@ -189,6 +193,7 @@ def load_layer(handle: str | os.PathLike, trainable: bool = False, *, name: str 
     Raises:
         ConfigError: ``trainable=True`` for a serving-only (``fold_standardization=True``) export, or a
             SavedModel with no usable endpoint.
+        BackendError: Keras runs on JAX or PyTorch (a SavedModel runs on TensorFlow only).
 
     Example:
         >>> import tempfile, pathlib, numpy as np, bit_keras, hub_export

@@ -10,6 +10,10 @@ The SavedModel takes float32 RGB images in [0, 1], NHWC, any resolution, and has
 * ``labels.txt`` as an asset (``obj.labels_file``) for classifiers whose label names are given or known;
 * ``metadata.json`` beside ``saved_model.pb``: architecture, upstream data, classes, input spec, parameters.
 
+TensorFlow only, by nature (a SavedModel is a TensorFlow graph): importing this module on another Keras
+backend raises :class:`~bit_keras.errors.BackendError` naming ``KERAS_BACKEND=tensorflow``. A model built on
+JAX or PyTorch moves over as an ``.npz`` (``bit_keras.save_npz``) or ``.keras`` file.
+
 ``fold_standardization=True`` writes a serving-only variant: the weight standardization of every
 convolution is computed once at export and stored as a plain convolution kernel (same outputs within
 1e-5, less work per call). It is **not fine-tunable**: its variables are non-trainable, it has no

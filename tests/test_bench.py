@@ -46,6 +46,7 @@ def tiny_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_tiny_run_writes_csv_with_required_columns(tiny_run):
     out, result = tiny_run
     table = _read_csv(out / "bench.csv")
@@ -61,6 +62,7 @@ def test_tiny_run_writes_csv_with_required_columns(tiny_run):
         assert float(r["images_per_s"]) > 0 and float(r["peak_mem_mb"]) >= 0, r
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_ratios_are_images_per_s_over_the_baseline(tiny_run):
     out, _ = tiny_run
     table = _read_csv(out / "bench.csv")
@@ -78,6 +80,7 @@ def test_ratios_are_images_per_s_over_the_baseline(tiny_run):
     assert checked == 2
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_markdown_report_names_machine_sources_and_rows(tiny_run):
     out, _ = tiny_run
     text = (out / "bench.md").read_text(encoding="utf-8")
@@ -89,6 +92,7 @@ def test_markdown_report_names_machine_sources_and_rows(tiny_run):
     assert json.loads((out / "machine.json").read_text())["title"] == "bit-keras bench (--tiny)"
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_timm_unavailable_is_reported(tiny_run):
     out, _ = tiny_run
     timm_rows = [r for r in _read_csv(out / "bench.csv") if r["case"] == "timm_resnetv2_50x1_bit"]
@@ -97,6 +101,7 @@ def test_timm_unavailable_is_reported(tiny_run):
     assert "timm peer: unavailable" in (out / "bench.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_exports_match_keras_within_tolerance(tiny_run):
     out, _ = tiny_run
     exported = {r["case"]: r for r in _read_csv(out / "bench.csv") if r["case"].startswith("saved_model")}
@@ -110,6 +115,7 @@ def test_exports_match_keras_within_tolerance(tiny_run):
     assert "max abs diff vs Keras" in (out / "bench.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_folded_export_equality_is_checked(tiny_run, tmp_path):
     out, _ = tiny_run
     work = tmp_path / "work"
@@ -263,6 +269,7 @@ def test_timm_peer_script_runs_without_tensorflow():
     assert set(versions) == {"torch", "timm"} or "No module named" in versions["error"], versions
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_worker_subprocess_row_finds_the_checkout_from_anywhere(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the worker finds benchmarks/ through _worker_env's PYTHONPATH, not the cwd
     monkeypatch.delenv("PYTHONPATH", raising=False)
@@ -367,6 +374,7 @@ def test_cli_bench_runs_the_checkout_harness(tmp_path, monkeypatch, capsys):
     assert "runs the benchmarks of a checkout" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole tiny benchmark run or a fresh process
 def test_run_script_from_repo_root(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

@@ -8,6 +8,10 @@ them), resumes after a crash or a pre-emption to the same result, and stops on a
 backbone is handed over as ``weights.npz`` in the official layout (for ``create_model(..., weights=...)`` and
 ``transfer``), ``model.keras``, and optionally a SavedModel published in a hub registry.
 
+TensorFlow only, by nature (``tf.distribute``): importing this module on another Keras backend raises
+:class:`~bit_keras.errors.BackendError` naming ``KERAS_BACKEND=tensorflow``. The weights it writes load on every
+backend.
+
 Example:
     >>> import numpy as np
     >>> images = np.random.randint(0, 256, (64, 16, 16, 3), np.uint8)
