@@ -31,7 +31,7 @@ def test_full_size_parameter_counts(arch):
     model = bit_keras.create_model(f"BiT-S-{arch}")
     try:
         assert model.count_params() == PARAMS_1000[arch] == bit_keras.ARCHS[arch].param_count(num_classes=1000)
-        shapes = {f"resnet/{v.path.rsplit('/', 1)[0].replace('.', '/')}/{v.name}": tuple(v.shape)
+        shapes = {f"resnet/{v.path.rsplit('/', 1)[0].replace('-', '/')}/{v.name}": tuple(v.shape)
                   for v in model.weights if v.path.split("/")[0] != "head"}
         assert shapes == bit_keras.ARCHS[arch].weight_shapes(num_classes=None)
         assert model.get_layer("pre_logits").output.shape[-1] == FEATURE_DIM[arch]
