@@ -81,6 +81,9 @@ _LAZY: dict[str, str] = {
     "evaluate_run": "bit_keras.recipes.transfer",
     "pretrain": "bit_keras.recipes.pretrain",
     "PretrainResult": "bit_keras.recipes.pretrain",
+    # evaluations of frozen features
+    "fewshot_probe": "bit_keras.evals.fewshot",
+    "FewShotResult": "bit_keras.evals.fewshot",
     # hub-style SavedModels in Keras 3
     "load_layer": "hub_export.load",
     "is_handle": "hub_export.load",

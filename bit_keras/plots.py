@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +38,37 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_few_shot(results: dict[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """Accuracy against examples per class, transfer vs scratch, mean with a band of one std over seeds.
+DEMO_SERIES = (("transfer", "BiT transfer (pre-trained upstream)", "tab:blue", "o-"),
+               ("scratch", "from scratch, same budget", "tab:gray", "o-"),
+               ("probe_upstream", "linear probe, upstream features", "tab:blue", "s--"),
+               ("probe_random", "linear probe, random-init features", "tab:gray", "s--"))
 
-    ``results`` holds ``examples_per_class``, ``transfer`` and ``scratch`` (means) and optionally
-    ``transfer_std`` / ``scratch_std`` (the layout of the demo's ``demo.json``).
+
+def plot_few_shot(results: dict[str, Any], path: str | os.PathLike, *, title: str | None = None,
+                  series: Sequence[tuple[str, str, str, str]] = DEMO_SERIES,
+                  ylabel: str = "test top-1 accuracy") -> Path:
+    """Accuracy against examples per class, one line per series, mean with a band of one std over seeds.
+
+    ``results`` holds ``examples_per_class`` and, per series key, the means (``results[key]``) and optionally
+    ``{key}_std`` (the layout of the demo's ``demo.json``). ``series``: ``(key, label, colour, line style)``
+    for each line; a key missing from ``results`` is left out. The default draws the demo's transfer and
+    scratch lines and, when present, its linear-probe lines.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = plot_few_shot({"examples_per_class": [1, 5], "top1": [0.6, 0.8], "top1_std": [0.1, 0.0]},
+        ...                   pathlib.Path(tempfile.mkdtemp()) / "probe.png", series=[("top1", "probe", "C0", "s--")])
+        >>> p.stat().st_size > 1000
+        True
     """
     plt = _pyplot()
     shots = results["examples_per_class"]
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for key, label, color in (("transfer", "BiT transfer (pre-trained upstream)", "tab:blue"),
-                              ("scratch", "from scratch, same budget", "tab:gray")):
+    for key, label, color, style in series:
+        if key not in results:
+            continue
         mean = results[key]
-        ax.plot(shots, mean, "o-", color=color, label=label)
+        ax.plot(shots, mean, style, color=color, label=label)
         std = results.get(f"{key}_std")
         if std:
             ax.fill_between(shots, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
@@ -58,7 +77,7 @@ def plot_few_shot(results: dict[str, Any], path: str | os.PathLike, *, title: st
     ax.set_xticks(shots)
     ax.set_xticklabels([str(s) for s in shots])
     ax.set_xlabel("examples per class")
-    ax.set_ylabel("test top-1 accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or "Few-shot transfer")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")

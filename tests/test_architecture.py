@@ -17,6 +17,7 @@ PACKAGES = ("bit_keras", "hub_export")
 E, A, P, B = "bit_keras.errors", "bit_keras.atomic", "bit_keras.plots", "bit_keras.backend"
 MODELS, DATA, TRAIN = "bit_keras.models", "bit_keras.data", "bit_keras.train"
 RECIPES, CLI, HUB, FACADE = "bit_keras.recipes", "bit_keras.cli", "hub_export", "bit_keras"
+EVALS = "bit_keras.evals"
 # Who may import whom (the README's "Architecture" section draws this table).
 ALLOWED: dict[str, set[str]] = {
     E: set(),
@@ -27,8 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     DATA: {E, A, B},
     TRAIN: {E, A, B, MODELS},
     HUB: {E, A, B, MODELS, FACADE},  # the facade for __version__ only
-    RECIPES: {E, A, B, P, MODELS, DATA, TRAIN, HUB},
-    CLI: {E, A, B, P, MODELS, DATA, TRAIN, HUB, RECIPES, FACADE},
+    # evals sits at the recipes' level; the demo (a recipe) runs the few-shot probe, so evals imports no recipe.
+    EVALS: {E, A, B, P, MODELS, DATA, TRAIN},
+    RECIPES: {E, A, B, P, MODELS, DATA, TRAIN, HUB, EVALS},
+    CLI: {E, A, B, P, MODELS, DATA, TRAIN, HUB, RECIPES, EVALS, FACADE},
     FACADE: {E},  # everything else is reached lazily (PEP 562), by name, not by import
 }
 
@@ -67,7 +70,7 @@ def _unit(module: str) -> str:
     parts = module.split(".")
     if parts[0] == HUB:
         return HUB
-    if len(parts) > 1 and f"bit_keras.{parts[1]}" in (MODELS, DATA, TRAIN, RECIPES, CLI):
+    if len(parts) > 1 and f"bit_keras.{parts[1]}" in (MODELS, DATA, TRAIN, RECIPES, EVALS, CLI):
         return f"bit_keras.{parts[1]}"
     return module
 

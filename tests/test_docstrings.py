@@ -12,7 +12,7 @@ import hub_export
 # Every module of the package and of hub_export. The command modules are argparse wiring (their behaviour is
 # tested through bit_keras.cli) and the sub-package __init__ files only describe their package; every other
 # module must show an example.
-SUBPACKAGES = ("bit_keras.models", "bit_keras.data", "bit_keras.train", "bit_keras.recipes")
+SUBPACKAGES = ("bit_keras.models", "bit_keras.data", "bit_keras.train", "bit_keras.recipes", "bit_keras.evals")
 MODULES = sorted(m.name for pkg in (bit_keras, hub_export)
                  for m in pkgutil.walk_packages(pkg.__path__, f"{pkg.__name__}.")
                  if not (m.name.startswith("bit_keras.cli.") or m.name in SUBPACKAGES))

@@ -32,6 +32,7 @@ from bit_keras.errors import BitKerasError
 COMMAND_MODULES = (
     "bit_keras.cli.zoo",
     "bit_keras.cli.transfer",
+    "bit_keras.cli.fewshot",
     "bit_keras.cli.pretrain",
     "bit_keras.cli.hub",
     "bit_keras.cli.demo",

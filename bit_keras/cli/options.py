@@ -17,6 +17,22 @@ from typing import Any
 ENGINE_FLAGS = ("batch_split", "mixed_precision", "jit_compile", "remat", "checkpoint_every", "progress")
 
 
+def weights_value(value: str) -> str | None:
+    """``--weights``: ``none``/``random``/``scratch`` mean random init (None); anything else is kept."""
+    return None if value.lower() in ("none", "random", "scratch") else value
+
+
+def input_range_value(value: str) -> tuple[float, float]:
+    """``--input-range low,high``."""
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--input-range takes 'low,high', e.g. '0,1' or '-1,1'; got {value!r}"
+        ) from None
+    return lo, hi
+
+
 def add_engine_flags(p: argparse.ArgumentParser, *, checkpoint_every: int = 100) -> None:
     """The engine's settings (:class:`bit_keras.train.config.EngineConfig`) as flags; unset flags keep defaults."""
     p.add_argument("--batch-split", type=int, default=None, help="gradient accumulation over N micro-batches")

@@ -16,24 +16,17 @@ import argparse
 import json
 from typing import Any
 
-from bit_keras.cli.options import add_data_flags, add_engine_flags, engine_overrides, overrides
+from bit_keras.cli.options import (
+    add_data_flags,
+    add_engine_flags,
+    engine_overrides,
+    input_range_value,
+    overrides,
+    weights_value,
+)
 
 HYPERRULE_FLAGS = ("batch_size", "base_lr", "mixup_alpha", "resize", "crop")
 TRANSFER_FLAGS = ("split", "data_dir", "strict", "flip", "seed", "rule", "steps", "eval_every", "input_range")
-
-
-def _weights(value: str) -> str | None:
-    return None if value.lower() in ("none", "random", "scratch") else value
-
-
-def _input_range(value: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--input-range takes 'low,high', e.g. '0,1' or '-1,1'; got {value!r}"
-        ) from None
-    return lo, hi
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="BiT-M-R50x1", help="zoo name (bit-keras list) or hub handle [BiT-M-R50x1]")
     add_data_flags(p)
     p.add_argument("--output", default=None, help="run folder: checkpoints, TensorBoard, model.keras, metrics.json")
-    p.add_argument("--weights", default="pretrained", type=_weights,
+    p.add_argument("--weights", default="pretrained", type=weights_value,
                    help="'pretrained' (download), a local .npz path or URL, or 'none' for random init")
     p.add_argument("--examples-per-class", type=int, default=None, help="few-shot: examples per class")
     p.add_argument("--validation", default=None,
@@ -61,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="auto",
                    help="auto, default, mirrored, multi_worker, one_device, tpu (see bit_keras.train.distribute) [auto]")
     p.add_argument("--eval-every", type=int, default=None, help="steps between validation runs")
-    p.add_argument("--input-range", type=_input_range, default=None,
+    p.add_argument("--input-range", type=input_range_value, default=None,
                    help="range of the images fed to the model, e.g. --input-range=-1,1 [0,1]")
     add_engine_flags(p)
     p.set_defaults(func=_transfer)

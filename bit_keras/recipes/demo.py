@@ -7,7 +7,10 @@
 3. Downstream: transfer with the BiT-HyperRule to the held-out digits 5-9 at 1, 5 and 10 examples per
    class, and train the same architecture from scratch with the same budget. Each side gets its own best
    learning rate from the same small sweep, chosen on a validation split of the pool (never the test set).
-4. Report the test accuracy, mean and spread over 3 seeds, as a table, ``demo.json`` and ``demo.png``.
+4. Few-shot linear probe (:func:`bit_keras.fewshot_probe`): the frozen pre-logits of the upstream model
+   against those of the same network randomly initialised, a closed-form least-squares classifier on the same
+   k-shot sets (the probe draws them as ``transfer`` does), its L2 strength chosen on the pool.
+5. Report the test accuracy, mean and spread over 3 seeds, as a table, ``demo.json`` and ``demo.png``.
 
 Example:
     >>> from bit_keras.recipes.demo import QUICK
@@ -80,6 +83,29 @@ def _sweep(pool: tuple[np.ndarray, np.ndarray], weights: str | None, cfg: DemoCo
     return best, {str(lr): acc for lr, acc in scores.items()}
 
 
+def _probe(pool: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], weights: str,
+           cfg: DemoConfig) -> dict[str, Any]:
+    """The few-shot linear probe of the upstream features and of a random network's (seed 0), on the shots and
+    seeds of the transfer runs; ``probe_<side>`` keys laid out as ``transfer``'s, plus the strengths chosen."""
+    from bit_keras.evals.fewshot import fewshot_probe
+
+    out: dict[str, Any] = {}
+    detail: dict[str, Any] = {}
+    for side, w in (("upstream", weights), ("random", None)):
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the demo prints its own summary
+            r = fewshot_probe("BiT-tiny", pool, test_dataset=test, shots=cfg.examples_per_class, seeds=cfg.seeds,
+                              weights=w, resolution=cfg.image_size, progress=False)
+        out[f"probe_{side}"] = r.top1
+        out[f"probe_{side}_std"] = r.top1_std
+        out[f"probe_{side}_per_seed"] = r.per_seed
+        detail[side] = {"alpha": [c["alpha"] for c in r.l2], "features_computed": r.features_computed,
+                        "seconds": round(time.perf_counter() - t0, 1)}
+    out["probe"] = {"what": "closed-form L2-regularised least squares on frozen pre-logits (bit_keras.fewshot_probe); "
+                            "random: BiT-tiny initialised with seed 0", **detail}
+    return out
+
+
 def _publish(weights_model: Any, registry: Path) -> str:
     from hub_export import Registry
 
@@ -132,6 +158,9 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", *, quick: bool = False
         print(f"  {k:>3} per class: transfer {np.mean(per_seed['transfer'][-1]):.3f}  "
               f"scratch {np.mean(per_seed['scratch'][-1]):.3f}")
 
+    print("Few-shot linear probe of the frozen features (upstream vs random init)...")
+    probe = _probe(pool, test, os.fspath(weights), cfg)
+
     results: dict[str, Any] = {
         "examples_per_class": list(cfg.examples_per_class),
         "transfer": [float(np.mean(a)) for a in per_seed["transfer"]],
@@ -140,6 +169,7 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", *, quick: bool = False
         "scratch_std": [float(np.std(a)) for a in per_seed["scratch"]],
         "transfer_per_seed": per_seed["transfer"],
         "scratch_per_seed": per_seed["scratch"],
+        **probe,
         "seeds": list(cfg.seeds),
         "learning_rate": {"transfer": lr_transfer, "scratch": lr_scratch},
         "learning_rate_sweep": {"transfer": sweep_transfer, "scratch": sweep_scratch},
@@ -162,7 +192,7 @@ def run_demo(output_dir: str | os.PathLike = "runs/demo", *, quick: bool = False
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table (mean +- std over the seeds).
+    """The results as a Markdown table (mean +- std over the seeds); the linear-probe columns when present.
 
     Example:
         >>> print(format_table({"examples_per_class": [1], "transfer": [0.75], "scratch": [0.5],
@@ -171,10 +201,24 @@ def format_table(results: dict[str, Any]) -> str:
         |---:|---:|---:|
         | 1 | 0.750 ± 0.010 | 0.500 ± 0.020 |
         (test top-1, mean ± std over 3 seeds)
+        >>> print(format_table({"examples_per_class": [1], "transfer": [0.75], "scratch": [0.5],
+        ...                     "transfer_std": [0.01], "scratch_std": [0.02], "probe_upstream": [0.7],
+        ...                     "probe_upstream_std": [0.03], "probe_random": [0.4], "probe_random_std": [0.05],
+        ...                     "seeds": [0, 1, 2]}))
+        | examples per class | transfer | scratch | probe: upstream | probe: random init |
+        |---:|---:|---:|---:|---:|
+        | 1 | 0.750 ± 0.010 | 0.500 ± 0.020 | 0.700 ± 0.030 | 0.400 ± 0.050 |
+        (test top-1, mean ± std over 3 seeds; probe: a linear classifier on frozen pre-logits)
     """
-    lines = ["| examples per class | transfer | scratch |", "|---:|---:|---:|"]
+    sides = ["transfer", "scratch"]
+    header = "| examples per class | transfer | scratch |"
+    if "probe_upstream" in results and "probe_random" in results:
+        sides += ["probe_upstream", "probe_random"]
+        header += " probe: upstream | probe: random init |"
+    lines = [header, "|---:|" + "---:|" * len(sides)]
     for i, k in enumerate(results["examples_per_class"]):
-        cells = [f"{results[s][i]:.3f} ± {results[f'{s}_std'][i]:.3f}" for s in ("transfer", "scratch")]
-        lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
-    lines.append(f"(test top-1, mean ± std over {len(results['seeds'])} seeds)")
+        cells = [f"{results[s][i]:.3f} ± {results[f'{s}_std'][i]:.3f}" for s in sides]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    note = "; probe: a linear classifier on frozen pre-logits" if len(sides) > 2 else ""
+    lines.append(f"(test top-1, mean ± std over {len(results['seeds'])} seeds{note})")
     return "\n".join(lines)
