@@ -167,3 +167,84 @@ def test_missing_task_is_named_with_its_tfds_command(tmp_path):
     assert vt.prepare_command(TASKS["dtd"]) == "tfds build dtd"
     assert vt.prepare_command(TASKS["eurosat"]) == "tfds build eurosat/rgb"
     assert "manual download" in vt.prepare_command(TASKS["diabetic_retinopathy"])
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+
+
+class _Stop(BaseException):
+    """An interruption (like Ctrl-C, not an Exception: the runner does not swallow it)."""
+
+
+def _counting(monkeypatch, fail_on=None):
+    import bit_keras.recipes.vtab as rv
+
+    calls = []
+    real = rv._run_task
+
+    def run(spec, **kw):
+        calls.append(spec.name)
+        if spec.name == fail_on:
+            raise _Stop
+        return real(spec, **kw)
+
+    monkeypatch.setattr(rv, "_run_task", run)
+    return calls
+
+
+@pytest.mark.slow
+def test_probe_runner_summary_resume_and_missing_task(tmp_path, monkeypatch):
+    import bit_keras
+    import bit_keras.recipes.vtab as rv
+
+    original = rv._run_task
+    calls = _counting(monkeypatch, fail_on="smallnorb_elevation")
+    real_missing = rv.missing_reason
+    monkeypatch.setattr(rv, "missing_reason",
+                        lambda spec, data_dir=None: "AssertionError: no data" if spec.name == "dmlab"
+                        else real_missing(spec, data_dir))
+    tasks = "dsprites_location,dmlab,clevr_count,smallnorb_elevation"
+    with _mock(), pytest.raises(_Stop):  # interrupted in the fourth task
+        bit_keras.vtab("BiT-tiny", tasks, output_dir=tmp_path, probe=True, weights=None, progress=False)
+    assert calls == ["dsprites_location", "clevr_count", "smallnorb_elevation"]
+    assert (tmp_path / "clevr_count" / "result.json").exists()
+    calls.clear()
+    monkeypatch.setattr(rv, "_run_task", original)
+    calls2 = _counting(monkeypatch)
+    with _mock():
+        r = bit_keras.vtab("BiT-tiny", tasks, output_dir=tmp_path, probe=True, weights=None, progress=False)
+    assert calls2 == ["smallnorb_elevation"]  # the finished tasks are read back, not redone
+    assert r.ran == ["smallnorb_elevation"] and r.missing == {"dmlab": "tfds build dmlab"}
+    summary = json.loads((tmp_path / "vtab.json").read_text())
+    assert list(summary["tasks"]) == ["dsprites_location", "clevr_count", "smallnorb_elevation"]
+    for t in summary["tasks"].values():
+        assert 0.0 <= t["top1"] <= 1.0 and t["mode"] == "probe"
+    structured = [summary["tasks"][n]["top1"] for n in summary["tasks"]]
+    assert summary["groups"]["structured"] == pytest.approx(np.mean(structured))
+    assert summary["groups"]["natural"] is None and summary["mean"] == pytest.approx(np.mean(structured))
+    assert summary["missing"] == {"dmlab": "tfds build dmlab"}
+    table = (tmp_path / "vtab.md").read_text()
+    assert "| structured | dmlab | missing: `tfds build dmlab` |" in table and "mean of 3" in table
+    assert (tmp_path / "vtab.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_finetune_runner_on_a_mocked_task(tmp_path, monkeypatch):
+    import bit_keras
+
+    calls = _counting(monkeypatch)
+    with _mock({"clevr", "kitti", "dsprites", "smallnorb", "oxford_iiit_pet"}):
+        r = bit_keras.vtab("BiT-tiny", ["smallnorb_elevation"], output_dir=tmp_path, weights=None, progress=False,
+                           steps=2, batch_size=4, resize=20, crop=16)
+    assert calls == ["smallnorb_elevation"]
+    rec = r.tasks["smallnorb_elevation"]
+    assert rec["mode"] == "finetune" and rec["steps"] == 2 and rec["test_examples"] == N
+    assert (tmp_path / "smallnorb_elevation" / "run").is_dir()
+    assert json.loads((tmp_path / "vtab.json").read_text())["tasks"]["smallnorb_elevation"]["top1"] == rec["top1"]
+
+
+def test_cli_vtab_is_registered():
+    from bit_keras.cli import build_parser
+
+    args = build_parser().parse_args(["vtab", "--output", "o", "--tasks", "natural", "--probe"])
+    assert (args.tasks, args.probe, args.output) == ("natural", True, "o")
