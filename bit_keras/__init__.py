@@ -84,6 +84,8 @@ _LAZY: dict[str, str] = {
     # evaluations of frozen features
     "fewshot_probe": "bit_keras.evals.fewshot",
     "FewShotResult": "bit_keras.evals.fewshot",
+    "vtab": "bit_keras.recipes.vtab",
+    "VtabResult": "bit_keras.recipes.vtab",
     # hub-style SavedModels in Keras 3
     "load_layer": "hub_export.load",
     "is_handle": "hub_export.load",

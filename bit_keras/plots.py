@@ -111,3 +111,40 @@ def plot_run(run_dir: str | os.PathLike, path: str | os.PathLike | None = None) 
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     return _save(fig, Path(path) if path else run_dir / "curves.png")
+
+
+VTAB_COLORS = {"natural": "tab:green", "specialized": "tab:orange", "structured": "tab:purple"}
+
+
+def plot_vtab(summary: dict[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """A bar per finished VTAB task (test top-1, coloured by group) and a bar per group mean and the mean.
+
+    ``summary`` is ``vtab.json``'s content (``tasks``: name -> ``{"group", "top1"}``, ``groups``, ``mean``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> s = {"tasks": {"dtd": {"group": "natural", "top1": 0.5}, "svhn": {"group": "natural", "top1": 0.25}},
+        ...      "groups": {"natural": 0.375}, "mean": 0.375}
+        >>> plot_vtab(s, pathlib.Path(tempfile.mkdtemp()) / "vtab.png").stat().st_size > 0
+        True
+    """
+    plt = _pyplot()
+    done = [(n, t) for n, t in summary.get("tasks", {}).items() if t.get("top1") is not None]
+    groups = [(g, v) for g, v in summary.get("groups", {}).items() if v is not None]
+    names = [n for n, _ in done] + [f"{g} mean" for g, _ in groups] + (["mean"] if summary.get("mean") is not None
+                                                                        else [])
+    values = [t["top1"] for _, t in done] + [v for _, v in groups] + ([summary["mean"]] if summary.get("mean")
+                                                                       is not None else [])
+    colors = ([VTAB_COLORS.get(t.get("group"), "tab:blue") for _, t in done]
+              + [VTAB_COLORS.get(g, "tab:blue") for g, _ in groups] + ["black"] * (len(names) - len(done) - len(groups)))
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(names) + 1.5), 4.0))
+    x = range(len(names))
+    ax.bar(x, values, color=colors, edgecolor=["none"] * len(done) + ["black"] * (len(names) - len(done)))
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test top-1")
+    ax.grid(axis="y", alpha=0.3)
+    missing = summary.get("missing") or {}
+    ax.set_title(title or "VTAB-1k" + (f" ({len(missing)} task(s) missing)" if missing else ""), fontsize=10)
+    return _save(fig, Path(path))
