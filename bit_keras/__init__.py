@@ -84,6 +84,8 @@ _LAZY: dict[str, str] = {
     # evaluations of frozen features
     "fewshot_probe": "bit_keras.evals.fewshot",
     "FewShotResult": "bit_keras.evals.fewshot",
+    "objectnet": "bit_keras.evals.objectnet",
+    "ObjectNetResult": "bit_keras.evals.objectnet",
     "vtab": "bit_keras.recipes.vtab",
     "VtabResult": "bit_keras.recipes.vtab",
     # hub-style SavedModels in Keras 3

@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "bit_keras.cli.transfer",
     "bit_keras.cli.fewshot",
     "bit_keras.cli.vtab",
+    "bit_keras.cli.objectnet",
     "bit_keras.cli.pretrain",
     "bit_keras.cli.hub",
     "bit_keras.cli.demo",
