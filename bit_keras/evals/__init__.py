@@ -6,6 +6,8 @@
   preprocessing, and a per-image feature cache (in memory and on disk) that makes shots and seeds free and
   lets an interrupted run resume.
 * :mod:`bit_keras.evals.fewshot`: :func:`~bit_keras.evals.fewshot.fewshot_probe`, the runner.
+* :mod:`bit_keras.evals.objectnet`: :func:`~bit_keras.evals.objectnet.objectnet`, an ILSVRC-2012 classifier on
+  ObjectNet's 113 classes that overlap ImageNet-1k (the release's mappings ship in ``evals/data``).
 
 At the recipes' level: imports errors, atomic, backend, plots, models and data; ``bit_keras.recipes.demo``
 uses it.
