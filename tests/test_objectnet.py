@@ -169,3 +169,16 @@ def test_cli(objectnet_dir, tmp_path, capsys, monkeypatch, stub):
     assert main(["objectnet", "--folder", str(tmp_path / "nowhere"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "bit-keras objectnet: error:" in err and "does not exist" in err
+
+
+def test_a_file_that_fails_later_is_named(tmp_path, stub, monkeypatch):
+    """A file that passed the up-front scan but fails to decode in the pipeline (changed since) is named too."""
+    from bit_keras.data import images
+
+    root = tmp_path / "objectnet-1.0" / "images"
+    _png(root / "banana" / "0.png", GREEN)
+    (root / "banana" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    monkeypatch.setattr(images, "scan_files",
+                        lambda paths: [images.Scan(p, None, (SIDE, SIDE), images._TF8) for p in paths])
+    with pytest.raises(DataError, match=r"^image file \S*banana/1\.png: could not be decoded"):
+        on.objectnet(stub, root.parent, progress=False)

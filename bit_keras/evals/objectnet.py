@@ -344,7 +344,9 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
             if bar is not None:
                 bar.add(len(y))
     except tf.errors.InvalidArgumentError as err:  # decode_files names the file that failed
-        raise DataError(err.message.split("\n")[0].replace("assertion failed: [", "").rstrip("]")) from None
+        text = err.message
+        text = text[text.find("image file "):] if "image file " in text else text
+        raise DataError(text.split("\n")[0].rstrip("] ")) from None
     hits = score_logits(np.concatenate(logits), np.concatenate(labels), classes)
     y_all = np.concatenate(labels)
 
