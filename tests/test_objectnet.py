@@ -182,3 +182,39 @@ def test_a_file_that_fails_later_is_named(tmp_path, stub, monkeypatch):
                         lambda paths: [images.Scan(p, None, (SIDE, SIDE), images._TF8) for p in paths])
     with pytest.raises(DataError, match=r"^image file \S*banana/1\.png: could not be decoded"):
         on.objectnet(stub, root.parent, progress=False)
+
+
+def test_logits_are_cached_and_a_repeated_run_computes_none(objectnet_dir, stub, tmp_path, monkeypatch):
+    """With output_dir, each image's logits are cached (keyed by the model's weights and the preprocessing):
+    a repeated or interrupted run computes only what is missing, and another border is not mistaken for it."""
+    from bit_keras.evals import features
+
+    features._MEMORY.clear()  # the earlier tests' logits of this stub, kept in memory: start from the disk only
+    calls = []
+    original = type(stub).predict_on_batch
+
+    def counting(self, x):
+        calls.append(len(x))
+        if len(calls) == 2 and fail:
+            raise KeyboardInterrupt  # interrupted after the first batch
+        return original(self, x)
+
+    monkeypatch.setattr(type(stub), "predict_on_batch", counting)
+    fail = False
+    unique = on.objectnet(stub, objectnet_dir, batch_size=4, progress=False).computed  # no output_dir: memory only
+    assert 0 < unique <= 6  # identical images in a batch share one forward pass
+    features._MEMORY.clear()
+    fail, calls[:] = True, []
+    with pytest.raises(KeyboardInterrupt):
+        on.objectnet(stub, objectnet_dir, output_dir=tmp_path, batch_size=4, progress=False)
+    assert len(calls) == 2  # the second batch failed; the first batch's logits were flushed on the way out
+    features._MEMORY.clear()  # as a new process would
+    done_before, fail, calls[:] = calls[0], False, []
+    resumed = on.objectnet(stub, objectnet_dir, output_dir=tmp_path, batch_size=4, progress=False)
+    assert resumed.computed == sum(calls) == unique - done_before and (resumed.top1, resumed.top5) == (3 / 6, 4 / 6)
+    calls.clear()
+    features._MEMORY.clear()
+    again = on.objectnet(stub, objectnet_dir, output_dir=tmp_path, batch_size=4, progress=False)
+    assert again.computed == 0 and calls == [] and again.protocols == resumed.protocols
+    other = on.objectnet(stub, objectnet_dir, output_dir=tmp_path, border=0, batch_size=4, progress=False)
+    assert other.computed > 0 and other.protocols["all-1000"]["top1"] == 4 / 6  # other pixels: computed anew

@@ -42,6 +42,7 @@ import numpy as np
 from bit_keras.errors import ConfigError, DataError
 
 RESULTS_FILE = "objectnet.json"
+LOGITS_DIR = "logits"
 NUM_IMAGENET_CLASSES = 1000
 DATA_PACKAGE = "bit_keras.evals"
 FOLDER_TO_LABEL = "data/folder_to_objectnet_label.json"
@@ -152,6 +153,7 @@ class ObjectNetResult:
     model: str = ""
     folder: str = ""
     border: int = 2
+    computed: int = 0  # forward passes this call made (images whose logits were cached cost none)
     output_dir: Path | None = None
 
     @property
@@ -255,7 +257,8 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
         restrict: the headline protocol: False (default): the prediction over all 1000 classes must be a mapped
             class (the ObjectNet paper); True: the prediction among the 113 ObjectNet classes (each scored by its
             best mapped logit). Both are always reported in ``protocols``.
-        output_dir: where ``objectnet.json`` (overall and per-class numbers) is written atomically.
+        output_dir: where ``objectnet.json`` (overall and per-class numbers) is written atomically, and the
+            logits are cached per image (``logits/``): a run interrupted or repeated computes only what is missing.
         border: pixels cropped from each side of every image first (the release's 1-pixel red border).
         resolution, crop_pct, interpolation: override the zoo entry's preprocessing; a ``keras.Model`` takes its
             input size as the resolution (resized straight, bilinear) unless given.
@@ -276,7 +279,7 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
 
     from bit_keras.atomic import write_json
     from bit_keras.data.images import decode_files, list_images, printable, scan_files
-    from bit_keras.evals.features import preprocessing_for
+    from bit_keras.evals.features import FeatureStore, extract_features, preprocessing_for
 
     if border < 0:
         raise ConfigError(f"border must be >= 0, got {border}")
@@ -332,23 +335,19 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
         keep = tf.logical_and(h > 2 * border, w > 2 * border)  # too small to crop: left whole
         return tf.cond(keep, lambda: image[border:h - border, border:w - border], lambda: image)
 
-    ds = ds.map(lambda x, y: (prep(crop(x)), y), num_parallel_calls=tf.data.AUTOTUNE)
-    batches = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
-    logits, labels = [], []
+    # Logits are cached per (cropped) image like the probe's features (evals.features.FeatureStore, keyed by the
+    # model's weights and the preprocessing; the crop is in the pixels the image is fingerprinted from), under
+    # output_dir/logits: an interrupted or repeated run computes only what is missing.
+    store = FeatureStore(net, prep, Path(output_dir) / LOGITS_DIR if output_dir is not None else None,
+                         description={"what": "ObjectNet logits", "border": border})
+    ds = ds.map(lambda x, y: (crop(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     try:
-        for x, y in batches.as_numpy_iterator():
-            out = net.predict_on_batch(x)
-            logits.append(np.asarray(out, np.float32).reshape(len(y), -1))
-            labels.append(y)
-            if bar is not None:
-                bar.add(len(y))
+        logits, y_all, computed = extract_features(net, ds, prep, store, batch_size=batch_size, progress=progress)
     except tf.errors.InvalidArgumentError as err:  # decode_files names the file that failed
         text = err.message
         text = text[text.find("image file "):] if "image file " in text else text
         raise DataError(text.split("\n")[0].rstrip("] ")) from None
-    hits = score_logits(np.concatenate(logits), np.concatenate(labels), classes)
-    y_all = np.concatenate(labels)
+    hits = score_logits(logits, y_all, classes)
 
     per_class: dict[str, dict[str, Any]] = {}
     for c in sorted(set(y_all.tolist())):
@@ -363,7 +362,7 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
     result = ObjectNetResult(
         top1=head["top1"], top5=head["top5"], restricted=bool(restrict), num_images=len(y_all),
         protocols=protocols, per_class=per_class, skipped_folders=skipped, preprocessing=prep.to_dict(),
-        model=info.name if info is not None else net.name, folder=str(root), border=border,
+        model=info.name if info is not None else net.name, folder=str(root), border=border, computed=computed,
         output_dir=Path(output_dir) if output_dir is not None else None)
     if result.output_dir is not None:
         result.output_dir.mkdir(parents=True, exist_ok=True)
