@@ -9,6 +9,10 @@ checkpoints and exact resume, NaN stop, TensorBoard, progress) is the engine's
 ``history.json``, ``checkpoints/``, ``tensorboard/`` and at the end ``model.keras``, ``metrics.json`` and
 ``hyperparams.json`` (what the HyperRule chose and why, the data, what was skipped).
 
+It runs on TensorFlow and on JAX (``KERAS_BACKEND=jax``): the same recipe, data pipeline and files, the engine
+choosing the backend's step, strategy and checkpoint format (:mod:`bit_keras.train.parts`). On JAX the
+``tf.data`` pipeline still feeds the batches (as NumPy arrays) and ``tf.summary`` writes TensorBoard logs.
+
 Example:
     >>> import numpy as np
     >>> images = np.random.randint(0, 256, (40, 16, 16, 3), np.uint8)
@@ -47,8 +51,8 @@ from bit_keras.errors import ConfigError, DataError, MissingFileError
 from bit_keras.recipes.hyperrule import TUNABLE_FIELDS, HyperParams, hyperparams_for
 from bit_keras.recipes.transfer_model import build_transfer_model, is_hub_handle
 from bit_keras.train.config import EngineConfig, RunConfig, field_names, route_overrides
-from bit_keras.train.distribute import get_strategy
 from bit_keras.train.engine import Trainer
+from bit_keras.train.parts import engine_parts
 from bit_keras.train.metrics import evaluate_model
 
 __all__ = ["TransferConfig", "TransferResult", "evaluate", "evaluate_run", "scale_schedule", "transfer"]
@@ -227,7 +231,7 @@ def transfer(
     examples_per_class: int | None = None,
     output_dir: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = "pretrained",
-    strategy: str | tf.distribute.Strategy | None = None,
+    strategy: Any = None,
     config: TransferConfig | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     **overrides: Any,
@@ -248,7 +252,9 @@ def transfer(
             a run resumes from its last checkpoint and ends exactly where an uninterrupted run would have.
         weights: for a zoo name: ``"pretrained"``, a local ``.npz`` path or URL, or None (random init seeded by
             ``seed``). For a ``keras.Model``: a path loads its backbone; ``"pretrained"``/None keep its weights.
-        strategy: a ``tf.distribute.Strategy``, a name (``"auto"``, ``"mirrored"``...), or None for the current one.
+        strategy: a name (``"auto"``, ``"mirrored"``...), None for the current one, or on TensorFlow a
+            ``tf.distribute.Strategy``, on JAX a ``keras.distribution.DataParallel`` (``"auto"``/``"mirrored"``:
+            over the local devices; ``"multi_worker"`` and ``tf.distribute`` objects need TensorFlow).
         config: a :class:`TransferConfig`; ``**overrides`` change any of its settings by name, e.g.
             ``batch_size=128, base_lr=0.001, steps=500, batch_split=4, mixed_precision="mixed_bfloat16"``.
         on_step: ``on_step(step, logs)`` after every completed step (after any checkpoint); raising from it
@@ -275,7 +281,9 @@ def transfer(
         raise ConfigError("transfer() needs dataset=: a folder, (images, labels) arrays, a tf.data.Dataset or a "
                           "tfds name")
     cfg = (config or TransferConfig()).replace(**overrides)
-    strategy = get_strategy(strategy)  # before any TensorFlow op: TPU and multi-worker set-ups configure the runtime
+    parts = engine_parts()
+    parts.check(cfg.engine)  # settings this backend cannot honour, before any work
+    strategy = parts.get_strategy(strategy)  # before any TensorFlow op: TPU and multi-worker set-ups configure the runtime
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
     if not isinstance(model, (str, keras.Model)):
         raise ConfigError(f"model must be a zoo name, a hub handle or a keras.Model; got {type(model).__name__}")
@@ -316,8 +324,8 @@ def transfer(
               f"images {info.image_size[0]}x{info.image_size[1]}")
         for line in hp.describe():
             print(f"  {line}")
-        print(f"  batch {e.batch_size}{micro} on {trainer.strategy.num_replicas_in_sync} replica(s); mixed "
-              f"precision {e.mixed_precision or 'off'}; XLA {'on' if e.jit_compile else 'off'}; "
+        print(f"  batch {e.batch_size}{micro} on {trainer.replicas} replica(s); mixed "
+              f"precision {e.mixed_precision or 'off'}; XLA {'on' if trainer.uses_xla else 'off'}; "
               f"output {output_dir or 'none'}")
         if trainer.work_dir is not None:
             write_json(trainer.work_dir / HYPERPARAMS_FILE, record)

@@ -1,12 +1,18 @@
-"""The training engine every recipe runs on: :class:`Trainer`.
+"""The training engine every recipe runs on: :class:`Trainer`, on TensorFlow or JAX.
 
-It owns what every run needs and no recipe should write twice: the ``tf.distribute`` strategy (variables
-created under its scope, batches sharded by DATA), the dtype policy, the optimizer and the step
-(:class:`~bit_keras.train.step.TrainStep`: micro-batches, mixed precision, XLA, remat), checkpoints written by
-the chief and exact resume (``run.json`` checked against :attr:`RunConfig.RESUME_KEYS`; the input stream
-skipped to the resumed step; the history read back), pre-emption notices, the NaN stop, the history,
-TensorBoard scalars and the progress bar. A recipe (:mod:`bit_keras.recipes`) gives it a model builder, a
-loss, a learning-rate schedule, a batch stream and an optional evaluation, and writes its own result files.
+It owns what every run needs and no recipe should write twice: the strategy (variables created under its
+scope, batches sharded over the replicas), the dtype policy, the optimizer and the step (micro-batches, mixed
+precision, XLA, remat), checkpoints written by the chief and exact resume (``run.json`` checked against
+:attr:`RunConfig.RESUME_KEYS`; the input stream skipped to the resumed step; the history read back),
+pre-emption notices, the NaN stop, the history, TensorBoard scalars and the progress bar. A recipe
+(:mod:`bit_keras.recipes`) gives it a model builder, a loss, a learning-rate schedule, a batch stream and an
+optional evaluation, and writes its own result files.
+
+What differs between backends (the strategy, the step, the checkpoint format, how batches reach the devices)
+is behind the seams of :mod:`bit_keras.train.parts`: on TensorFlow ``tf.distribute``,
+:class:`~bit_keras.train.step.TrainStep` and ``tf.train.Checkpoint``; on JAX ``keras.distribution.DataParallel``,
+:class:`~bit_keras.train.jax_step.JaxTrainStep` and ``.npz`` checkpoints (TensorFlow still runs the
+``tf.data`` input pipeline and writes the TensorBoard summaries there, never the model).
 
 Output folder (when given): ``run.json``, ``history.json``, ``checkpoints/`` and ``tensorboard/``, written by
 the chief only (other workers keep theirs in a scratch folder that is removed when the run ends).
@@ -43,13 +49,12 @@ import tensorflow as tf
 from bit_keras.atomic import write_json
 from bit_keras.errors import ConfigError, TrainingDivergedError
 from bit_keras.models.policy import dtype_policy
-from bit_keras.train.checkpoint import Checkpointer
 from bit_keras.train.config import RunConfig
-from bit_keras.train.distribute import distribute_dataset, get_strategy, is_chief
 from bit_keras.train.history import new_history, record_eval, truncate_history
 from bit_keras.train.metrics import weights_finite
+from bit_keras.train.parts import engine_parts
 from bit_keras.train.preemption import preemption_guard
-from bit_keras.train.step import TrainStep, make_optimizer, set_learning_rate
+from bit_keras.train.step import make_optimizer, set_learning_rate
 
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.json"
@@ -62,17 +67,20 @@ class Trainer:
 
     Args:
         run: the run's :class:`~bit_keras.train.config.RunConfig` (its ``engine`` holds the engine settings).
-        strategy: a ``tf.distribute.Strategy``, a name for :func:`~bit_keras.train.distribute.get_strategy`
-            (``"auto"``, ``"mirrored"``...), or None for the current (default) strategy.
+        strategy: on TensorFlow a ``tf.distribute.Strategy``, a name for
+            :func:`~bit_keras.train.distribute.get_strategy` (``"auto"``, ``"mirrored"``...), or None for the
+            current (default) strategy; on JAX a ``keras.distribution.DataParallel``, a name
+            (:func:`~bit_keras.train.jax_distribute.get_distribution`) or None.
         output_dir: where checkpoints, ``run.json``, ``history.json`` and TensorBoard logs go; None keeps
             nothing (no resume).
     """
 
-    def __init__(self, run: RunConfig, *, strategy: str | tf.distribute.Strategy | None = None,
-                 output_dir: str | Path | None = None) -> None:
+    def __init__(self, run: RunConfig, *, strategy: Any = None, output_dir: str | Path | None = None) -> None:
         self.run, self.config = run, run.engine
-        self.strategy = get_strategy(strategy)
-        self.chief = is_chief(self.strategy)
+        self.parts = engine_parts()
+        self.parts.check(self.config)
+        self.strategy = self.parts.get_strategy(strategy)
+        self.chief = self.parts.is_chief(self.strategy)
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self._scratch: Path | None = None
         self.work_dir: Path | None = None
@@ -85,8 +93,8 @@ class Trainer:
         self.history: dict[str, list] = new_history()
         self.start = 0
         self.model: keras.Model | None = None
-        self.step: TrainStep | None = None
-        self.checkpointer: Checkpointer | None = None
+        self.step: Any = None  # the backend's step (TrainStep on TensorFlow)
+        self.checkpointer: Any = None  # the backend's checkpointer (Checkpointer on TensorFlow)
         self._writer: Any = None
 
     # ------------------------------------------------------------------ set-up
@@ -100,15 +108,15 @@ class Trainer:
         loss; ``optimizer_weight_decay``: the optimizer's decoupled decay.
         """
         c = self.config
-        with self.strategy.scope(), dtype_policy(c.mixed_precision):
+        with self.parts.scope(self.strategy), dtype_policy(c.mixed_precision):
             model = build_model()
             optimizer = make_optimizer(model, momentum=momentum, weight_decay=optimizer_weight_decay,
                                        mixed_precision=c.mixed_precision)
         self.model = model
-        self.step = TrainStep(model, optimizer, self.strategy, batch_size=c.batch_size, batch_split=c.batch_split,
-                              jit_compile=c.jit_compile, remat=c.remat, loss=loss, weight_decay=weight_decay)
+        self.step = self.parts.make_step(model, optimizer, self.strategy, c, loss=loss, weight_decay=weight_decay)
         if self.work_dir is not None:
-            self.checkpointer = Checkpointer(model, optimizer, self.work_dir / CHECKPOINT_DIR, keep=c.keep_checkpoints)
+            self.checkpointer = self.parts.make_checkpointer(model, optimizer, self.work_dir / CHECKPOINT_DIR,
+                                                             keep=c.keep_checkpoints)
         self.start = self._resume()
         return model
 
@@ -117,7 +125,7 @@ class Trainer:
         if self.output_dir is None or self.checkpointer is None:
             return 0
         run_file = self.output_dir / RUN_FILE
-        latest = tf.train.latest_checkpoint(str(self.output_dir / CHECKPOINT_DIR))
+        latest = self.parts.latest_checkpoint(self.output_dir / CHECKPOINT_DIR)
         if latest is None:
             if self.chief:
                 write_json(run_file, self.run.to_dict())
@@ -137,6 +145,16 @@ class Trainer:
         if self.config.progress or start:
             print(f"  resuming from step {start} ({latest})")
         return start
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas (devices) share each global batch."""
+        return self.parts.replicas(self.strategy)
+
+    @property
+    def uses_xla(self) -> bool:
+        """Whether the step is XLA-compiled (``jit_compile`` on TensorFlow; always on JAX)."""
+        return self.parts.uses_xla(self.config)
 
     @property
     def writer(self) -> Any:
@@ -165,9 +183,9 @@ class Trainer:
             ds = batches.skip(self.start).take(steps - self.start)
             options = tf.data.Options()
             options.deterministic = True
-            iterator = iter(distribute_dataset(self.strategy, ds.with_options(options)))
+            iterator = iter(self.parts.distribute_dataset(self.strategy, ds.with_options(options)))
             guarded = self.config.preemption is not None and self.checkpointer is not None
-            guard_scope = (preemption_guard(self.strategy, self.checkpointer, self.config.preemption)  # type: ignore[arg-type]
+            guard_scope = (preemption_guard(self.strategy, self.checkpointer, self.config.preemption)
                            if guarded else contextlib.nullcontext(None))
             with guard_scope as guard:
                 stats = self._loop(iterator, steps, lr_at, evaluate, on_step, guard)

@@ -10,7 +10,7 @@ hearing it:
   preemption of one worker stops the whole cluster at the same step. It needs the main thread and is not
   supported by TensorFlow on GCP CPU or TPU VMs.
 * ``"signal"``: our own SIGTERM flag, checked after every step (one process; what ``"auto"`` falls back
-  to where the handler is unavailable or unsupported).
+  to where the handler is unavailable or unsupported, and what it means on JAX, where ``"tf"`` is refused).
 
 The previous SIGTERM handler is put back when the guard closes (TensorFlow's handler never removes its
 own), so a finished run leaves the process as it found it.
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import tensorflow as tf
 
+from bit_keras.backend import backend
 from bit_keras.errors import ConfigError, Preempted
 
 if TYPE_CHECKING:
@@ -96,6 +97,12 @@ def resolve_mode(mode: str = "auto") -> str:
     """
     if mode not in MODES:
         raise ConfigError(f"preemption mode {mode!r} is not one of {MODES}")
+    if backend() != "tensorflow":
+        if mode == "tf":
+            raise ConfigError(f"preemption='tf' (TensorFlow's PreemptionCheckpointHandler) runs on TensorFlow, and "
+                              f"Keras runs on {backend()!r} here: use preemption='signal' (or 'auto'), or run "
+                              "with KERAS_BACKEND=tensorflow")
+        return "signal"
     available = _on_main_thread() and hasattr(tf.distribute.experimental, "PreemptionCheckpointHandler")
     if mode == "tf" and not available:
         raise ConfigError("preemption='tf' needs tf.distribute.experimental.PreemptionCheckpointHandler and the "
