@@ -47,7 +47,7 @@ import keras
 import tensorflow as tf
 
 from bit_keras.atomic import write_json
-from bit_keras.errors import ConfigError, TrainingDivergedError
+from bit_keras.errors import ConfigError, Preempted, TrainingDivergedError
 from bit_keras.models.policy import dtype_policy
 from bit_keras.train.config import RunConfig
 from bit_keras.train.history import new_history, record_eval, truncate_history
@@ -243,7 +243,11 @@ class Trainer:
             if bar is not None:
                 bar.update(done, [("loss", loss_value), ("lr", lr), ("images/s", images_per_s)])
             if guard is not None:
-                guard.check(done)  # saves and raises Preempted once told to stop (every worker at the same step)
+                try:
+                    guard.check(done)  # saves and raises Preempted once told to stop (every worker at the same step)
+                except Preempted:
+                    self.save_history()  # the history up to the checkpoint the guard saved: nothing is lost
+                    raise
             if on_step is not None:
                 on_step(done, logs)
         if self.writer is not None:
