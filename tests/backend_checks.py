@@ -10,7 +10,6 @@ PyTorch), so the PyTorch checks run in a venv with torch and keras alone.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path

@@ -142,6 +142,42 @@ def preprocessing_for(info: ModelInfo | None, *, resolution: int | None = None, 
 # ------------------------------------------------------------------------------------------------- model
 
 
+def built_model(model: str | os.PathLike | keras.Model, *, weights: Any, num_classes: Any = "default",
+                input_range: Sequence[float] = (0.0, 1.0), seed: int = 0, load_head: bool = True,
+                progress: bool = True) -> tuple[keras.Model, ModelInfo | None]:
+    """A zoo name built with ``create_model(name, num_classes=...)`` (random init seeded by ``seed``) and then
+    its ``weights`` (``"pretrained"``, a local ``.npz`` or URL, or None), or the user's ``keras.Model`` with
+    ``weights`` (an ``.npz`` path; ``"pretrained"`` or None: as it is) loaded into it; and the zoo entry (None
+    for a ``keras.Model``). ``num_classes="default"``: the entry's own head.
+
+    Example:
+        >>> model, info = built_model("BiT-tiny", weights=None, num_classes=None)
+        >>> info.name, model.output_shape
+        ('BiT-tiny', (None, 512))
+    """
+    from bit_keras.models.create import create_model, load_weights
+    from bit_keras.models.policy import seeded_init
+    from bit_keras.models.presets import get_model_info
+
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if isinstance(model, str):
+        info = get_model_info(model)
+        head = {} if num_classes == "default" else {"num_classes": num_classes}
+        with seeded_init(seed):
+            built = create_model(info.name, weights=None, input_range=tuple(input_range), **head)
+        if weights is not None:
+            load_weights(built, info, weights, progress=progress)
+        return built, info
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"model must be a zoo name or a keras.Model; got {type(model).__name__}")
+    if weights not in (None, "pretrained"):
+        from bit_keras.models.weights import load_npz
+
+        load_npz(model, os.fspath(weights), load_head=load_head)
+    return model, None
+
+
 def feature_model(model: str | os.PathLike | keras.Model, *, weights: Any = "pretrained",
                   input_range: Sequence[float] = (0.0, 1.0), seed: int = 0,
                   progress: bool = True) -> tuple[keras.Model, ModelInfo | None]:
@@ -162,26 +198,12 @@ def feature_model(model: str | os.PathLike | keras.Model, *, weights: Any = "pre
         ...
         bit_keras.errors.UnknownModelError: Unknown BiT model 'BiT-S-R50x9'. Closest names: ...
     """
-    from bit_keras.models.create import create_model, load_weights
-    from bit_keras.models.policy import seeded_init
-    from bit_keras.models.presets import get_model_info
     from bit_keras.models.resnet import feature_extractor
 
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if isinstance(model, str):
-        info = get_model_info(model)
-        with seeded_init(seed):
-            built = create_model(info.name, weights=None, num_classes=None, input_range=tuple(input_range))
-        if weights is not None:
-            load_weights(built, info, weights, progress=progress)
-        return built, info
-    if not isinstance(model, keras.Model):
-        raise ConfigError(f"model must be a zoo name or a keras.Model; got {type(model).__name__}")
-    if weights not in (None, "pretrained"):
-        from bit_keras.models.weights import load_npz
-
-        load_npz(model, os.fspath(weights), load_head=False)
+    model, info = built_model(model, weights=weights, num_classes=None, input_range=input_range, seed=seed,
+                              load_head=False, progress=progress)
+    if info is not None:
+        return model, info
     names = {layer.name for layer in model.layers}
     if FEATURE_LAYER in names:
         features = feature_extractor(model, [FEATURE_LAYER])

@@ -216,29 +216,15 @@ def images_root(folder: str | os.PathLike) -> Path:
 
 
 def _classifier(model: Any, weights: Any, input_range: tuple[float, float], progress: bool) -> tuple[Any, Any]:
-    import keras
-
-    from bit_keras.models.create import create_model, load_weights
+    from bit_keras.evals.features import built_model
     from bit_keras.models.presets import get_model_info
 
-    if isinstance(model, os.PathLike):
-        model = os.fspath(model)
-    if isinstance(model, str):
-        info = get_model_info(model)
+    if isinstance(model, (str, os.PathLike)):
+        info = get_model_info(os.fspath(model))
         if info.num_classes != NUM_IMAGENET_CLASSES:
             raise ConfigError(f"{info.name} has {info.num_classes} outputs; ObjectNet needs an ILSVRC-2012 "
                               f"classifier with {NUM_IMAGENET_CLASSES} (e.g. BiT-M-R50x1-ILSVRC2012)")
-        built = create_model(info.name, weights=None, input_range=input_range)
-        if weights is not None:
-            load_weights(built, info, weights, progress=progress)
-        return built, info
-    if not isinstance(model, keras.Model):
-        raise ConfigError(f"model must be a zoo name or a keras.Model; got {type(model).__name__}")
-    if weights not in (None, "pretrained"):
-        from bit_keras.models.weights import load_npz
-
-        load_npz(model, os.fspath(weights))
-    return model, None
+    return built_model(model, weights=weights, input_range=input_range, progress=progress)
 
 
 def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrained", restrict: bool = False,
@@ -274,7 +260,6 @@ def objectnet(model: Any, folder: str | os.PathLike, *, weights: Any = "pretrain
         ...
         bit_keras.errors.DataError: ObjectNet folder /no/such/objectnet-1.0 does not exist: pass objectnet-1.0 or objectnet-1.0/images
     """
-    import keras
     import tensorflow as tf
 
     from bit_keras.atomic import write_json

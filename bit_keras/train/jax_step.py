@@ -38,9 +38,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from bit_keras.errors import ConfigError
 from bit_keras.train.jax_distribute import put_batch, replicas, replicate
-from bit_keras.train.step import LOSSES, decayed_kernels
+from bit_keras.train.step import check_step_settings, decayed_kernels
 
 
 def per_example_loss(labels: Any, logits: Any, kind: str = "softmax") -> Any:
@@ -84,13 +83,7 @@ class JaxTrainStep:
         import jax
 
         n = replicas(distribution)
-        if batch_size % (n * batch_split):
-            raise ConfigError(
-                f"batch_size {batch_size} must be divisible by devices ({n}) x batch_split ({batch_split}) "
-                f"= {n * batch_split}: choose a batch_size that is a multiple of it"
-            )
-        if loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_step_settings(batch_size, n, batch_split, loss, unit="devices")
         self.model, self.optimizer, self.strategy = model, optimizer, distribution
         self.batch_size, self.batch_split, self.replicas = batch_size, batch_split, n
         self.micro = batch_size // n // batch_split

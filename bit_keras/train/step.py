@@ -68,6 +68,25 @@ def decayed_kernels(model: keras.Model) -> list[bool]:
     return [id(v) in kernels for v in model.trainable_variables]
 
 
+def check_step_settings(batch_size: int, replicas: int, batch_split: int, loss: str, unit: str = "replicas") -> None:
+    """The settings every training step needs (TensorFlow's and JAX's): ConfigError naming the fix.
+
+    Example:
+        >>> check_step_settings(8, 2, 2, "softmax")  # 8 = 2 replicas x 2 micro-batches x 2
+        >>> check_step_settings(8, 1, 3, "softmax")
+        Traceback (most recent call last):
+        ...
+        bit_keras.errors.ConfigError: batch_size 8 must be divisible by replicas (1) x batch_split (3) = 3: choose a batch_size that is a multiple of it
+    """
+    if batch_size % (replicas * batch_split):
+        raise ConfigError(
+            f"batch_size {batch_size} must be divisible by {unit} ({replicas}) x batch_split ({batch_split}) "
+            f"= {replicas * batch_split}: choose a batch_size that is a multiple of it"
+        )
+    if loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
 class TrainStep:
     """One optimizer step on a global batch; calling it returns the global mean loss (float32 scalar tensor).
 
@@ -94,13 +113,7 @@ class TrainStep:
         run_eagerly: bool = False,
     ) -> None:
         replicas = strategy.num_replicas_in_sync
-        if batch_size % (replicas * batch_split):
-            raise ConfigError(
-                f"batch_size {batch_size} must be divisible by replicas ({replicas}) x batch_split ({batch_split}) "
-                f"= {replicas * batch_split}: choose a batch_size that is a multiple of it"
-            )
-        if loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
+        check_step_settings(batch_size, replicas, batch_split, loss)
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.batch_size, self.batch_split = batch_size, batch_split
         self.micro = batch_size // replicas // batch_split
