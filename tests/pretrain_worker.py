@@ -77,7 +77,10 @@ def multi_worker_resume(out):
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     preempt_at = int(os.environ.get("BIT_TEST_PREEMPT_AT", "0"))
 
+    ran = []  # the steps this process ran
+
     def on_step(step, logs):
+        ran.append(step)
         if preempt_at and index == 1 and step == preempt_at:
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -92,7 +95,7 @@ def multi_worker_resume(out):
             json.dump({"step": step, "message": str(e)}, f)
         return
     with open(os.path.join(out, f"resumed{index}.json"), "w") as f:
-        json.dump({"first_step": result.history["step"][0]}, f)
+        json.dump({"first_step": ran[0], "history_steps": result.history["step"]}, f)
     np.savez(os.path.join(out, f"worker{index}.npz"), *[v.numpy() for v in result.model.weights])
 
 

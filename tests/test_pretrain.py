@@ -115,6 +115,7 @@ def _same_weights(a, b):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # ~10-20 s: runs in the slow tier
 def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted, capsys):
     images, labels = data()
 
@@ -132,6 +133,7 @@ def test_resume_after_a_crash_ends_with_the_same_weights(tmp_path, uninterrupted
     _same_weights(uninterrupted, resumed)
 
 
+@pytest.mark.slow  # ~10-20 s: runs in the slow tier
 @pytest.mark.parametrize("mode", ["tf", "signal"])
 def test_sigterm_preemption_saves_and_resumes(tmp_path, uninterrupted, mode):
     """SIGTERM mid-run: a checkpoint at a step boundary, Preempted, and the restarted run ends the same.
@@ -225,8 +227,9 @@ def test_multi_worker_preemption_of_one_worker_stops_both_at_the_same_step(tmp_p
     assert chief_ckpt.endswith(f"ckpt-{stopped[0]['step']}")
     _multi_worker(tmp_path, "multi_worker_resume")
     w0, w1 = _weights(tmp_path / "worker0.npz"), _weights(tmp_path / "worker1.npz")
-    starts = [json.loads((tmp_path / f"resumed{i}.json").read_text())["first_step"] for i in range(2)]
-    assert starts == [stopped[0]["step"] + 1] * 2
+    resumed = [json.loads((tmp_path / f"resumed{i}.json").read_text()) for i in range(2)]
+    assert [r["first_step"] for r in resumed] == [stopped[0]["step"] + 1] * 2  # both went on from the checkpoint
+    assert [r["history_steps"] for r in resumed] == [list(range(1, 9))] * 2  # and the history lost no step
     reference = _run_worker(["one_device_reference", str(tmp_path)])
     out, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, out[-3000:]

@@ -96,4 +96,10 @@ def test_pretrain_export_registry_transfer(tmp_path, monkeypatch):
         assert results[side] == pytest.approx([float(np.mean(accs)) for accs in per_seed])
         assert results[f"{side}_std"] == pytest.approx([float(np.std(accs)) for accs in per_seed])
     assert results["downstream"]["test"] == len(test[1]) and results["downstream"]["pool"] == len(pool[1])
+    # 7. The few-shot probe on frozen features (bit_keras.fewshot_probe), upstream vs a random network's.
+    for side in ("upstream", "random"):
+        assert len(results[f"probe_{side}"]) == len(STORY.examples_per_class)
+        assert all(0.2 < v <= 1.0 for v in results[f"probe_{side}"])  # above chance (5 classes)
+        assert results["probe"][side]["features_computed"] > 0
+    assert np.mean(results["probe_upstream"]) > np.mean(results["probe_random"])  # the representation transfers
     assert (tmp_path / "demo.png").stat().st_size > 5000

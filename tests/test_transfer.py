@@ -105,6 +105,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow  # ~10-20 s: runs in the slow tier
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     data = _images()
     # 48 examples, batch 8: 12 steps cross an epoch boundary (reshuffle), with flips and mixup on.
