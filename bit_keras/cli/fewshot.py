@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from bit_keras.cli.options import input_range_value, weights_value
+from bit_keras.cli.options import add_model_flags, add_preprocessing_flags
 
 
 def _int_list(value: str) -> list[int]:
@@ -29,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "frozen pre-logits, for every k and seed, and report test top-1 (mean ± std over seeds). The L2 strength "
         "is chosen on the training pool, never the test set. Features are computed once per image and cached "
         "under --output/features: a second or interrupted run computes none twice.")
-    p.add_argument("--model", default="BiT-M-R50x1", help="zoo name (bit-keras list) [BiT-M-R50x1]")
-    p.add_argument("--weights", default="pretrained", type=weights_value,
-                   help="'pretrained' (download), a local .npz path or URL, or 'none' for random init")
+    add_model_flags(p, default="BiT-M-R50x1")
     p.add_argument("--dataset", required=True, help="training pool: image folder or tfds name[:split]")
     p.add_argument("--split", default="train", help="split of a tfds --dataset [train]")
     p.add_argument("--test-dataset", required=True,
@@ -39,11 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=_int_list, default=[1, 5, 10, 25], help="examples per class [1,5,10,25]")
     p.add_argument("--seeds", type=_int_list, default=[0, 1, 2], help="draws per shot count [0,1,2]")
     p.add_argument("--output", default=None, help="folder for fewshot.json, fewshot.png and the feature cache")
-    p.add_argument("--resolution", type=int, default=None, help="input side [the zoo entry's]")
-    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction [the zoo entry's]")
-    p.add_argument("--interpolation", default=None, help="bilinear or bicubic [the zoo entry's]")
-    p.add_argument("--input-range", type=input_range_value, default=(0.0, 1.0),
-                   help="range of the images fed to the model, e.g. --input-range=-1,1 [0,1]")
+    add_preprocessing_flags(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass [64]")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data folder")
     p.add_argument("--no-strict", "--lenient", dest="strict", action="store_false", default=True,

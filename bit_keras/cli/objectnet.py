@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from bit_keras.cli.options import input_range_value, weights_value
+from bit_keras.cli.options import add_model_flags, add_preprocessing_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,20 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "mappings of its 113 classes that overlap ImageNet-1k. Reports top-1/top-5 over those classes with the "
         "prediction over all 1000 classes (the ObjectNet paper) and restricted to the 113 classes, and per class. "
         "The 1-pixel red border of the images is cropped first. ObjectNet is for evaluation only.")
-    p.add_argument("--model", default="BiT-M-R50x1-ILSVRC2012",
-                   help="zoo name of a 1000-class model (bit-keras list) [BiT-M-R50x1-ILSVRC2012]")
-    p.add_argument("--weights", default="pretrained", type=weights_value,
-                   help="'pretrained' (download), a local .npz path or URL, or 'none' for random init")
+    add_model_flags(p, default="BiT-M-R50x1-ILSVRC2012", what="zoo name of a 1000-class model")
     p.add_argument("--folder", required=True, help="objectnet-1.0 or objectnet-1.0/images")
     p.add_argument("--output", default=None, help="folder for objectnet.json")
     p.add_argument("--restrict", action="store_true", default=False,
                    help="headline numbers with predictions restricted to the 113 ObjectNet classes")
     p.add_argument("--border", type=int, default=2, help="pixels cropped from each side first [2]")
-    p.add_argument("--resolution", type=int, default=None, help="input side [the zoo entry's]")
-    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction [the zoo entry's]")
-    p.add_argument("--interpolation", default=None, help="bilinear or bicubic [the zoo entry's]")
-    p.add_argument("--input-range", type=input_range_value, default=(0.0, 1.0),
-                   help="range of the images fed to the model, e.g. --input-range=-1,1 [0,1]")
+    add_preprocessing_flags(p)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass [64]")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True, help="no progress bar")
     p.set_defaults(func=_objectnet)

@@ -1,5 +1,6 @@
-"""Command-line flags shared by ``transfer`` and ``pretrain``, named as the API's settings (``--jit-compile`` is
-``jit_compile=``), and their conversion into keyword overrides.
+"""Command-line flags shared between commands, named as the API's settings (``--jit-compile`` is
+``jit_compile=``), and their conversion into keyword overrides: the engine's and the data's (``transfer``,
+``pretrain``), a model with its weights and the evaluation preprocessing (``fewshot``, ``vtab``, ``objectnet``).
 
 Example:
     >>> import argparse
@@ -31,6 +32,24 @@ def input_range_value(value: str) -> tuple[float, float]:
             f"--input-range takes 'low,high', e.g. '0,1' or '-1,1'; got {value!r}"
         ) from None
     return lo, hi
+
+
+WEIGHTS_HELP = "'pretrained' (download), a local .npz path or URL, or 'none' for random init"
+
+
+def add_model_flags(p: argparse.ArgumentParser, *, default: str, what: str = "zoo name") -> None:
+    """``--model`` (a zoo name, ``default`` when not given) and ``--weights``."""
+    p.add_argument("--model", default=default, help=f"{what} (bit-keras list) [{default}]")
+    p.add_argument("--weights", default="pretrained", type=weights_value, help=WEIGHTS_HELP)
+
+
+def add_preprocessing_flags(p: argparse.ArgumentParser) -> None:
+    """The evaluation preprocessing, each defaulting to the zoo entry's, and the model's input range."""
+    p.add_argument("--resolution", type=int, default=None, help="input side [the zoo entry's]")
+    p.add_argument("--crop-pct", type=float, default=None, help="centre-crop fraction [the zoo entry's]")
+    p.add_argument("--interpolation", default=None, help="bilinear or bicubic [the zoo entry's]")
+    p.add_argument("--input-range", type=input_range_value, default=(0.0, 1.0),
+                   help="range of the images fed to the model, e.g. --input-range=-1,1 [0,1]")
 
 
 def add_engine_flags(p: argparse.ArgumentParser, *, checkpoint_every: int = 100) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from bit_keras.cli.options import weights_value
+from bit_keras.cli.options import add_model_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,9 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the 19 VTAB-1k tasks (or --tasks) one after another, one run folder per task under "
         "--output; finished tasks are not redone. Tasks whose tensorflow-datasets data is not prepared are "
         "listed with the command that prepares them, and the others run. Writes vtab.json, vtab.md, vtab.png.")
-    p.add_argument("--model", default="BiT-M-R50x1", help="zoo name (bit-keras list) [BiT-M-R50x1]")
-    p.add_argument("--weights", default="pretrained", type=weights_value,
-                   help="'pretrained' (download), a local .npz path or URL, or 'none' for random init")
+    add_model_flags(p, default="BiT-M-R50x1")
     p.add_argument("--output", required=True, help="folder for the per-task runs and the summary")
     p.add_argument("--tasks", default="vtab-1k",
                    help="vtab-1k, a group (natural, specialized, structured) or comma-separated task names")
