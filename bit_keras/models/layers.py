@@ -121,7 +121,7 @@ def group_norm(x: Any, gamma: Any, beta: Any, groups: int = GN_GROUPS, epsilon: 
     (N, C) statistics are kept for it. Autodiff of the forward makes ~3x the full-size passes.
 
     Written with ``keras.ops`` and ``keras.ops.custom_gradient`` only, so the same code (and the same
-    gradient) runs on the TensorFlow, JAX and PyTorch backends; tests/test_layers.py checks it against float64
+    gradient) runs on the TensorFlow, JAX and PyTorch backends; tests/test_backends.py checks it against float64
     autodiff on each. On TensorFlow it costs 1.4-1.5x less CPU per image for BiT-R50x1 than the textbook layer
     (benchmarks/proposals/README.md).
 

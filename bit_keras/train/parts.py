@@ -130,9 +130,10 @@ class JaxParts:
         if config.remat:
             raise ConfigError("remat=True runs on TensorFlow (tf.recompute_grad): run with KERAS_BACKEND=tensorflow, "
                               "or on JAX cut activation memory with batch_split")
-        if config.preemption == "tf":
-            raise ConfigError("preemption='tf' (TensorFlow's PreemptionCheckpointHandler) runs on TensorFlow: run "
-                              "with KERAS_BACKEND=tensorflow, or use preemption='signal' (or 'auto') on JAX")
+        if config.preemption is not None:
+            from bit_keras.train.preemption import resolve_mode
+
+            resolve_mode(config.preemption)  # refuses "tf" off TensorFlow, naming 'signal' and the backend
 
     def uses_xla(self, config: EngineConfig) -> bool:
         return True  # jax.jit: every step is one XLA program, whatever jit_compile says
@@ -141,7 +142,6 @@ class JaxParts:
                   config: EngineConfig, *, loss: str, weight_decay: float) -> Any:
         from bit_keras.train.jax_step import JaxTrainStep
 
-        self.check(config)
         return JaxTrainStep(model, optimizer, strategy, batch_size=config.batch_size,
                             batch_split=config.batch_split, loss=loss, weight_decay=weight_decay)
 
