@@ -21,29 +21,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import bit_keras
-from bit_keras.models.presets import ModelInfo
-from bit_keras.models.spec import ArchSpec
+from tests.tiny_transfer import FAST, TINY, register_tiny
+from tests.tiny_transfer import images as _images
 
 BACKEND = keras.backend.backend()
-TINY = "test-tiny"
-# As tests/test_transfer.py: 16 px crops, batch 8, random init unless a case says otherwise.
-FAST = dict(weights=None, batch_size=8, resize=20, crop=16, progress=False)
-
-bit_keras.register_arch("tiny", ArchSpec((1, 1, 1, 1), 0.25, groups=8))
-bit_keras.register_model(ModelInfo(TINY, "tiny", "synthetic", 20, None, 32), overwrite=True)
+register_tiny()  # tests/test_transfer.py's zoo entry and data (tests/tiny_transfer.py)
 
 from bit_keras.errors import BackendError, ConfigError, Preempted  # noqa: E402
 from bit_keras.recipes.transfer import evaluate_run, transfer  # noqa: E402
 
 
-def _images(n: int = 48, classes: int = 4, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """tests/test_transfer.py's data: random uint8 images whose mean colour depends on the class."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    base = rng.integers(0, 256, (classes, 3))
-    images = base[labels][:, None, None, :] + rng.integers(-40, 41, (n, size, size, 3))
-    return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
 def _weights(model: keras.Model) -> dict[str, np.ndarray]:

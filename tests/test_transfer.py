@@ -17,29 +17,18 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import bit_keras
-from bit_keras.models.spec import ArchSpec
 from bit_keras.errors import ConfigError, DataError, TrainingDivergedError
 from bit_keras.recipes.transfer import scale_schedule, transfer
-from bit_keras.models.presets import ModelInfo
 
-TINY = "test-tiny"
-# Small and fast: 16 px crops, batch 8, random init unless a test says otherwise.
-FAST = dict(weights=None, batch_size=8, resize=20, crop=16, progress=False)
+from tests.tiny_transfer import FAST, TINY, register_tiny
+from tests.tiny_transfer import images as _images
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_zoo_entry():
-    bit_keras.register_arch("tiny", ArchSpec((1, 1, 1, 1), 0.25, groups=8))
-    bit_keras.register_model(ModelInfo(TINY, "tiny", "synthetic", 20, None, 32), overwrite=True)
+    register_tiny()
 
 
-def _images(n: int = 48, classes: int = 4, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Random uint8 images whose mean colour depends on the class (learnable, cheap)."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % classes
-    base = rng.integers(0, 256, (classes, 3))
-    images = base[labels][:, None, None, :] + rng.integers(-40, 41, (n, size, size, 3))
-    return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
 def _weights(model: keras.Model) -> list[np.ndarray]:
@@ -214,12 +203,10 @@ _TWO_REPLICAS = r"""
 import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import bit_keras
-from bit_keras.models.spec import ArchSpec
 from bit_keras.recipes.transfer import transfer
-from tests.test_transfer import FAST, TINY, _images
-bit_keras.register_arch("tiny", ArchSpec((1, 1, 1, 1), 0.25, groups=8))
-bit_keras.register_model(bit_keras.ModelInfo(TINY, "tiny", "synthetic", 20, None, 32), overwrite=True)
+from tests.tiny_transfer import FAST, TINY, register_tiny
+from tests.tiny_transfer import images as _images
+register_tiny()
 kw = dict(FAST, steps=3, seed=2, base_lr=0.05, batch_split=2, mixup_alpha=0.4)
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2
