@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "StandardizedConv2D": "bit_keras.models.layers",
     "resnet_v2": "bit_keras.models.resnet",
     "feature_extractor": "bit_keras.models.resnet",
+    "fold_standardization": "bit_keras.models.fold",
     "create_model": "bit_keras.models.create",
     "load_npz": "bit_keras.models.weights",
     "save_npz": "bit_keras.models.weights",

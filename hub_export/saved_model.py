@@ -48,12 +48,11 @@ import tensorflow as tf  # noqa: E402
 
 from bit_keras.atomic import atomic_path
 from bit_keras.errors import ExportError, WeightFileError
-from bit_keras.models.layers import StandardizedConv2D, standardize_kernel
-from bit_keras.models.policy import dtype_policy
+from bit_keras.models.fold import fold_standardization
 from bit_keras.models.presets import ModelInfo, get_model_info
-from bit_keras.models.resnet import PRE_LOGITS_NAME, model_input_range, resnet_v2
+from bit_keras.models.resnet import PRE_LOGITS_NAME, model_input_range
 from bit_keras.models.spec import ARCHS, ArchSpec, get_arch
-from bit_keras.models.weights import head_layer, model_spec
+from bit_keras.models.weights import model_spec
 
 __all__ = ["ExportError", "LABELS_FILE", "METADATA_FILE", "export", "fold_weight_standardization"]
 
@@ -115,11 +114,8 @@ def _select_outputs(model: keras.Model, kind: str) -> keras.Model:
 
 
 def fold_weight_standardization(model: keras.Model, arch: ArchSpec | str | None = None) -> keras.Model:
-    """The same network built with plain ``Conv2D`` layers whose kernels are the standardized kernels.
-
-    The serving form: the same outputs with no weight standardization per call (training it would no longer
-    standardize). Built by :func:`bit_keras.models.resnet.resnet_v2` with ``conv_layer=keras.layers.Conv2D``
-    from the model's architecture (``arch``, else read from its weights), under the model's dtype policy.
+    """The serving form of ``model``: :func:`bit_keras.fold_standardization` (an ``ExportError`` for a model that is
+    not a BiT ResNet-v2).
 
     Example:
         >>> import numpy as np, bit_keras
@@ -128,20 +124,7 @@ def fold_weight_standardization(model: keras.Model, arch: ArchSpec | str | None 
         >>> bool(np.allclose(model(x), fold_weight_standardization(model)(x), atol=1e-5))
         True
     """
-    head = head_layer(model)
-    with dtype_policy(model.dtype_policy.name):
-        folded = resnet_v2(_spec_of(model, arch), num_classes=head.units if head is not None else None,
-                           input_range=model_input_range(model), conv_layer=keras.layers.Conv2D, name=model.name)
-    for layer in folded.layers:
-        if not layer.weights:
-            continue
-        source = model.get_layer(layer.name)
-        if isinstance(source, StandardizedConv2D):
-            kernel = tf.cast(source.kernel.value, tf.float32)
-            layer.set_weights([np.asarray(standardize_kernel(kernel, source.epsilon))])
-        else:
-            layer.set_weights(source.get_weights())
-    return folded
+    return fold_standardization(model, _spec_of(model, arch))
 
 
 # --------------------------------------------------------------------------- the SavedModel object

@@ -14,10 +14,16 @@ TINY = ArchSpec((1, 2, 1, 1), 0.5)
 
 @pytest.fixture(scope="module")
 def tiny_entry():
+    from bit_keras.models.presets import PRESETS
+    from bit_keras.models.spec import ARCHS
+
     bit_keras.register_arch("test-R17x0.5", TINY)
-    return bit_keras.register_model(
+    yield bit_keras.register_model(
         ModelInfo("test-tiny-bit", "test-R17x0.5", "random", 10, None, 64), overwrite=True
     )
+    # registered for this module only: ArchSpec.describe() names a registered shape by its name everywhere else
+    PRESETS.pop("test-tiny-bit", None)
+    ARCHS.pop("test-R17x0.5", None)
 
 
 def _images(n, size, seed):
