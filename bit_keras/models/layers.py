@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -113,10 +115,17 @@ class StandardizedConv2D(keras.layers.Conv2D):
         kwargs["autocast"] = False
         return super().add_weight(*args, **kwargs)
 
+    def standardized_kernel(self) -> Any:
+        """The standardized kernel in the statistics dtype (float32; float64 for a float64 layer)."""
+        kernel = ops.cast(ops.convert_to_tensor(self.kernel), stats_dtype(self.compute_dtype))
+        return standardize_kernel(kernel, self.epsilon)
+
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
-        kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
-        kernel = standardize_kernel(kernel, self.epsilon)
-        kernel = ops.cast(kernel, self.compute_dtype)
+        standardized = _PRECOMPUTED.get(id(self))
+        if standardized is None:
+            kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
+            standardized = standardize_kernel(kernel, self.epsilon)
+        kernel = ops.cast(standardized, self.compute_dtype)
         inputs = ops.cast(inputs, self.compute_dtype)
         return super().convolution_op(inputs, kernel)
 
@@ -128,6 +137,43 @@ class StandardizedConv2D(keras.layers.Conv2D):
         config.pop("bias_constraint", None)
         config["epsilon"] = self.epsilon
         return config
+
+
+# id(layer) -> its standardized kernel, while :func:`precomputed_standardization` is active (tracing one step).
+_PRECOMPUTED: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def precomputed_standardization(layers: Sequence[StandardizedConv2D], kernels: Sequence[Any]) -> Iterator[None]:
+    """Inside the block, each of ``layers`` convolves with the given standardized kernel instead of standardizing
+    its own at every call.
+
+    The training step uses it to standardize once per step when a batch is cut into micro-batches
+    (``batch_split``): the standardized kernels are computed once, each micro-batch's gradient is taken with
+    respect to them, and the sum is carried back through the standardization once
+    (:class:`bit_keras.train.step.TrainStep`).
+
+    Example:
+        >>> import numpy as np
+        >>> conv = StandardizedConv2D(2, 1)
+        >>> x = np.ones((1, 2, 2, 3), "float32")
+        >>> _ = conv(x)
+        >>> with precomputed_standardization([conv], [np.zeros((1, 1, 3, 2), "float32")]):
+        ...     float(keras.ops.max(keras.ops.abs(conv(x))))
+        0.0
+    """
+    if len(layers) != len(kernels):
+        raise ConfigError(f"{len(layers)} layers but {len(kernels)} standardized kernels")
+    saved = {id(layer): _PRECOMPUTED.get(id(layer)) for layer in layers}
+    _PRECOMPUTED.update({id(layer): kernel for layer, kernel in zip(layers, kernels)})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                _PRECOMPUTED.pop(key, None)
+            else:
+                _PRECOMPUTED[key] = value
 
 
 def group_norm(x: Any, gamma: Any, beta: Any, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON) -> Any:

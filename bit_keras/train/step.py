@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from bit_keras.errors import ConfigError
-from bit_keras.models.layers import StandardizedConv2D
+from bit_keras.models.layers import StandardizedConv2D, precomputed_standardization
 from bit_keras.train.remat import remat_forward
 
 LOSSES = ("softmax", "sigmoid")
@@ -91,7 +91,9 @@ class TrainStep:
     """One optimizer step on a global batch; calling it returns the global mean loss (float32 scalar tensor).
 
     With ``batch_split=k`` each replica's share is cut into k micro-batches whose gradients are summed before
-    the one update, so the update equals that of the full batch. ``jit_compile`` compiles the per-replica
+    the one update, so the update equals that of the full batch; the kernels are then standardized once per step,
+    not once per micro-batch (each micro-batch's gradient is taken with respect to the standardized kernels, and
+    the sum goes back through the standardization once). ``jit_compile`` compiles the per-replica
     loss-and-gradient function with XLA (the update stays outside, as MirroredStrategy needs). ``remat``
     recomputes each residual unit in the backward pass. ``weight_decay`` adds ``wd / 2 * sum(w**2)`` of the
     kernels to the loss (its gradient added once per global batch). ``run_eagerly`` skips ``tf.function``
@@ -120,6 +122,9 @@ class TrainStep:
         self.loss_kind, self.weight_decay = loss, float(weight_decay)
         self._decay_mask = decayed_kernels(model) if weight_decay else []
         self.forward: Callable[..., Any] = remat_forward(model) if remat else model
+        # Standardize once per step under batch_split (rematerialised units recompute their own convolutions).
+        self._convs = [] if remat or batch_split == 1 else [
+            layer for layer in model.layers if isinstance(layer, StandardizedConv2D) and layer.trainable]
         if run_eagerly:
             self._grads, self._step = self._loss_and_grads, self._distributed_step
         else:
@@ -132,14 +137,19 @@ class TrainStep:
             return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits), axis=-1)
 
-    def _micro_grads(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        variables = self.model.trainable_variables
+    def _micro_grads(self, images: tf.Tensor, labels: tf.Tensor, sources: list[Any] | None = None,
+                     watched: tuple[tf.Tensor, ...] = ()) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients of one micro-batch with respect to ``sources`` (default: the trainable variables)
+        and then the ``watched`` tensors."""
+        sources = self.model.trainable_variables if sources is None else sources
         with tf.GradientTape() as tape:
+            tape.watch(watched)
             logits = tf.cast(self.forward(images, training=True), tf.float32)
             loss = tf.nn.compute_average_loss(self._per_example_loss(labels, logits), global_batch_size=self.batch_size)
             scaled = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        return loss, [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
+        targets = [*sources, *watched]
+        grads = tape.gradient(scaled, targets)
+        return loss, [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, targets)]
 
     def _accumulated(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         k, m = self.batch_split, self.micro
@@ -147,16 +157,28 @@ class TrainStep:
             return self._micro_grads(images, labels)
         images = tf.reshape(images, tf.concat([[k, m], tf.shape(images)[1:]], 0))
         labels = tf.reshape(labels, tf.concat([[k, m], tf.shape(labels)[1:]], 0))
-        zeros = [tf.zeros_like(v) for v in self.model.trainable_variables]
+        variables = self.model.trainable_variables
+        kernels = {id(layer.kernel) for layer in self._convs}
+        others = [v for v in variables if id(v) not in kernels]
+        with tf.GradientTape() as ws_tape:
+            standardized = [layer.standardized_kernel() for layer in self._convs]
+        zeros = [tf.zeros_like(v) for v in [*others, *standardized]]
 
-        def body(i: tf.Tensor, loss: tf.Tensor, acc: list[tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
-            l, g = self._micro_grads(images[i], labels[i])
-            return i + 1, loss + l, [a + b for a, b in zip(acc, g)]
+        def body(i: tf.Tensor, loss: tf.Tensor, acc: list[tf.Tensor], *std: tf.Tensor) -> tuple[Any, ...]:
+            with precomputed_standardization(self._convs, std):
+                l, g = self._micro_grads(images[i], labels[i], others, std)
+            return (i + 1, loss + l, [a + b for a, b in zip(acc, g)], *std)
 
-        _, loss, grads = tf.while_loop(
-            lambda i, *_: i < k, body, (tf.constant(0), tf.constant(0.0), zeros), maximum_iterations=k
+        _, loss, grads, *_ = tf.while_loop(
+            lambda i, *_: i < k, body, (tf.constant(0), tf.constant(0.0), zeros, *standardized), maximum_iterations=k
         )
-        return loss, grads
+        if not self._convs:
+            return loss, grads
+        by_id = dict(zip(map(id, others), grads[:len(others)]))
+        kernel_grads = ws_tape.gradient(standardized, [layer.kernel for layer in self._convs],
+                                        output_gradients=grads[len(others):])
+        by_id.update(zip((id(layer.kernel) for layer in self._convs), kernel_grads))
+        return loss, [by_id[id(v)] for v in variables]
 
     def _loss_and_grads(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         loss, grads = self._accumulated(images, labels)
