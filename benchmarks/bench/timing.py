@@ -21,9 +21,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-RESULT_PREFIX = "BENCH_RESULT "
-
-
 def cores() -> int:
     """CPU cores this process may run on.
 
