@@ -6,7 +6,8 @@
 
 One process per backend (``KERAS_BACKEND``) and one for timm build their rows once and warm them up; the
 coordinator then runs rounds, each timing every row of every process in turn (A B C D A B C D ...), so a
-slow moment of a shared machine lands on one round of all of them, not on one backend. A row's figure is its
+slow moment of a shared machine lands on one round of all of them, not on one backend. The workers, the
+rounds and the ratio maths are the harness's (:mod:`benchmarks.bench.interleave`). A row's figure is its
 median over the rounds; a ratio (JAX / TensorFlow, each / timm) is the median of the per-round ratios, with
 its min-max beside it. Rows: inference and one training step at 224 px, batch 8, float32 and bf16
 (Keras' ``mixed_bfloat16``; timm: ``torch.autocast(bfloat16)``), on random images, 1000 classes.
@@ -28,13 +29,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the checkout's benchmarks package
+
+from benchmarks.bench.interleave import (SubprocessWorker, WorkerError, checkout_env, ratio_stats,  # noqa: E402
+                                         run_rounds, serve)
+from benchmarks.bench.machine import cpu_info  # noqa: E402
 ROWS = [("inference", "float32"), ("inference", "mixed_bfloat16"), ("train", "float32"), ("train", "mixed_bfloat16")]
 IMAGE_SIZE, BATCH = 224, 8
 
@@ -145,8 +150,9 @@ def _timm_rows(size: int, batch: int) -> dict[str, Callable[[], Any]]:
     return rows
 
 
-def worker(kind: str, arch: str, size: int, batch: int) -> int:
-    """Serve one process's rows: build and warm up, then time ``{"row": r, "steps": n}`` requests from stdin."""
+def worker(kind: str, arch: str, size: int, batch: int, steps: int) -> int:
+    """Serve one process's rows (:func:`benchmarks.bench.interleave.serve`): build and warm up, then time
+    ``steps`` steps of the requested row per request (their median is the round's)."""
     if kind == "timm":
         rows, versions = _timm_rows(size, batch), {"timm": __import__("timm").__version__,
                                                   "torch": __import__("torch").__version__}
@@ -158,60 +164,26 @@ def worker(kind: str, arch: str, size: int, batch: int) -> int:
     for step in rows.values():  # trace / compile, then one more
         step()
         step()
-    print("READY " + json.dumps(versions), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        step = rows[request["row"]]
-        times = []
-        for _ in range(request["steps"]):
+
+    def measure(row: str | None) -> dict[str, Any]:
+        step, times = rows[str(row)], []
+        for _ in range(steps):
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        print("TIME " + json.dumps(statistics.median(times)), flush=True)
-    return 0
+        return {"images_per_s": batch / statistics.median(times)}
+
+    return serve(measure, dict, versions)
 
 
 # ------------------------------------------------------------------------------------------------ coordinator
 
 
-class Process:
-    def __init__(self, kind: str, python: str, args: argparse.Namespace) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-        if kind != "timm":
-            env["KERAS_BACKEND"] = kind
-        self.kind = kind
-        self.proc = subprocess.Popen(
-            [python, __file__, "--worker", kind, "--arch", args.arch, "--image-size", str(args.image_size),
-             "--batch-size", str(args.batch_size)],
-            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.versions: dict[str, str] = {}
-
-    def wait_ready(self) -> bool:
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("READY "):
-                self.versions = json.loads(line[6:])
-                return True
-        return False
-
-    def time(self, row: str, steps: int) -> float:
-        self.proc.stdin.write(json.dumps({"row": row, "steps": steps}) + "\n")  # type: ignore[union-attr]
-        for line in self.proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("TIME "):
-                return float(line[5:])
-        raise RuntimeError(f"{self.kind} worker stopped")
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-def _isa() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags.split()]
+def _worker(kind: str, python: str, args: argparse.Namespace) -> SubprocessWorker:
+    extra = {"TF_CPP_MIN_LOG_LEVEL": "3", **({"KERAS_BACKEND": kind} if kind != "timm" else {})}
+    cmd = [python, __file__, "--worker", kind, "--arch", args.arch, "--image-size", str(args.image_size),
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    return SubprocessWorker(kind, cmd, env=checkout_env(ROOT, **extra))
 
 
 def coordinate(args: argparse.Namespace) -> dict[str, Any]:
@@ -220,40 +192,41 @@ def coordinate(args: argparse.Namespace) -> dict[str, Any]:
         kinds["torch"] = args.torch_python
     if args.peer_python and args.arch == "R50x1":  # timm's resnetv2_50x1_bit is R50x1 only
         kinds["timm"] = args.peer_python
-    processes, failed = [], {}
+    processes, failed, versions = [], {}, {}
     for kind, python in kinds.items():  # one at a time: building and compiling is not what is measured
-        p = Process(kind, python, args)
-        if p.wait_ready():
-            processes.append(p)
-        else:
-            failed[kind] = "the worker failed to start (run it alone: --worker KIND)"
+        w = _worker(kind, python, args)
+        try:
+            versions[kind] = w.start()
+            processes.append(w)
+        except WorkerError as e:
+            failed[kind] = f"the worker failed to start ({e}; run it alone: --worker KIND)"
         print(f"  {kind}: {'ready' if kind not in failed else failed[kind]}", flush=True)
     rows = [f"{m}/{p}" for m, p in ROWS]
-    times: dict[str, dict[str, list[float]]] = {p.kind: {r: [] for r in rows} for p in processes}
+    rates: dict[str, dict[str, list[float | None]]] = {p.name: {r: [] for r in rows} for p in processes}
     for r in range(args.rounds):
         for row in rows:
-            for p in processes:
-                times[p.kind][row].append(p.time(row, args.steps))
+            for name, results in run_rounds(processes, 1, row=row).items():
+                rates[name][row] += [res["images_per_s"] if res else None for res in results]
         print(f"  round {r + 1}/{args.rounds} done", flush=True)
     for p in processes:
         p.close()
 
     def ratios(a: str, b: str, row: str) -> dict[str, float] | None:
-        if a not in times or b not in times:
+        if a not in rates or b not in rates:
             return None
-        per_round = [tb / ta for ta, tb in zip(times[a][row], times[b][row])]  # images/s of a over b
-        return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+        return ratio_stats(rates[a][row], rates[b][row])  # images/s of a over b, per round
 
     table = []
     for row in rows:
         entry: dict[str, Any] = {"row": row, "images_per_s": {
-            k: args.batch_size / statistics.median(times[k][row]) for k in times}}
-        entry["vs_tensorflow"] = {k: ratios(k, "tensorflow", row) for k in times if k != "tensorflow"}
-        entry["vs_timm"] = {k: ratios(k, "timm", row) for k in times if k != "timm"}
+            k: statistics.median([v for v in rates[k][row] if v] or [0.0]) for k in rates}}
+        entry["vs_tensorflow"] = {k: ratios(k, "tensorflow", row) for k in rates if k != "tensorflow"}
+        entry["vs_timm"] = {k: ratios(k, "timm", row) for k in rates if k != "timm"}
         table.append(entry)
+    isa = [f for f in cpu_info()[1] if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")]
     return {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size, "rounds": args.rounds,
-            "steps_per_round": args.steps, "cores": len(os.sched_getaffinity(0)), "isa": _isa(),
-            "versions": {p.kind: p.versions for p in processes}, "failed": failed, "rows": table}
+            "steps_per_round": args.steps, "cores": len(os.sched_getaffinity(0)), "isa": isa,
+            "versions": versions, "failed": failed, "rows": table}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -295,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return worker(args.worker, args.arch, args.image_size, args.batch_size)
+        return worker(args.worker, args.arch, args.image_size, args.batch_size, args.steps)
     result = coordinate(args)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,14 +30,18 @@ BIT_CASE = "bit_keras"
 BASELINE_CASE = "baseline_resnet50v2"
 SAVED_MODEL_CASE = "saved_model"
 FOLDED_CASE = "saved_model_folded"
+KERAS_FOLDED_CASE = "keras_folded"  # the Keras serving form: fold_standardization(model), plain Conv2D layers
 PIPELINE_CASE = "input_pipeline"
 TIMM_CASE = "timm_resnetv2_50x1_bit"
 DIAG_CASES = ("diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm")
 MODEL_CASES = (BIT_CASE, BASELINE_CASE, *DIAG_CASES)
-ALL_CASES = (BIT_CASE, BASELINE_CASE, SAVED_MODEL_CASE, FOLDED_CASE, PIPELINE_CASE, TIMM_CASE, *DIAG_CASES)
+ALL_CASES = (BIT_CASE, BASELINE_CASE, SAVED_MODEL_CASE, FOLDED_CASE, KERAS_FOLDED_CASE, PIPELINE_CASE, TIMM_CASE,
+             *DIAG_CASES)
 MODES = ("inference", "train")
 VARIANTS = ("eager", "function", "xla", "remat")  # remat: TrainStep(remat=True), training only
 PEER_ARCH = "R50x1"  # the architecture of timm's resnetv2_50x1_bit: the targets are read on it
+TIMM_MODELS = {"R50x1": "resnetv2_50x1_bit", "R101x1": "resnetv2_101x1_bit", "R101x3": "resnetv2_101x3_bit",
+               "R152x2": "resnetv2_152x2_bit", "R152x4": "resnetv2_152x4_bit"}  # timm's BiT of each zoo arch
 NUM_CLASSES = 1000
 
 
@@ -64,16 +68,19 @@ class CaseSpec:
     device: str = "cpu"
     work_dir: str = ""
     profile: bool = False
+    batch_split: int = 1  # TrainStep(batch_split=): micro-batches per step (training rows)
 
     def label(self) -> str:
         """A short human-readable name of the row."""
         return "/".join([self.case, self.mode, self.variant, self.precision, self.arch,
-                         f"{self.image_size}px", f"b{self.batch_size}"])
+                         f"{self.image_size}px", f"b{self.batch_size}"]
+                        + ([f"split{self.batch_split}"] if self.batch_split > 1 else []))
 
     def row_fields(self) -> dict[str, Any]:
         """The fields of the row's CSV line that name it (the rest are measured)."""
         return {"case": self.case, "mode": self.mode, "variant": self.variant, "precision": self.precision,
-                "arch": self.arch, "image_size": self.image_size, "batch_size": self.batch_size}
+                "arch": self.arch, "image_size": self.image_size, "batch_size": self.batch_size,
+                "batch_split": self.batch_split}
 
 
 def baseline_available(arch: str) -> bool:
@@ -85,7 +92,7 @@ def case_gflops(spec: CaseSpec) -> float | None:
     """GFLOP per image of the work a row does (x3 for a training step); None for the input pipeline."""
     if spec.case == PIPELINE_CASE:
         return None
-    arch = ARCHS[PEER_ARCH if spec.case == TIMM_CASE else spec.arch]
+    arch = ARCHS[spec.arch if spec.arch in ARCHS else PEER_ARCH]
     return arch.gflops(spec.image_size) * (3 if spec.mode == "train" else 1)
 
 

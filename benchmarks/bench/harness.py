@@ -11,24 +11,35 @@ for a grid of *cases* x mode x variant x precision x image size x batch; what ea
   batch size, variant and precision);
 * ``saved_model`` / ``saved_model_folded``: ``hub_export.export`` SavedModels, plain and with the weight
   standardization folded into plain kernels (outputs checked against the Keras model);
+* ``keras_folded``: the Keras serving form, ``bit_keras.fold_standardization(model)`` (outputs checked too);
 * ``input_pipeline``: the library's ``load_dataset`` + ``train_pipeline`` on generated JPEGs, alone;
-* ``timm_resnetv2_50x1_bit``: timm's PyTorch BiT R50x1 as the peer, run by ``--peer-python`` (``timm_peer.py``);
+* ``timm_resnetv2_50x1_bit``: timm's PyTorch BiT (R50x1; R152x2 too on a GPU) as the peer, run by
+  ``--peer-python`` (``timm_peer.py``);
 * ``diag_*``: the network built by ``resnet_v2`` with plain ``Conv2D`` and/or no GroupNorm, to price those layers.
 
-Each row runs in a fresh subprocess by default, so that its peak memory is honest: on CPU it is the
-growth of the process's resident-set high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``)
-from the moment after ``import tensorflow`` to the end of the case (weights, optimizer state,
-activations, compiled code, allocator caches); on a GPU it is
+The rows are run in *groups*, one per architecture x mode x image size x batch size (:func:`group_plan`): every
+row of a group gets its own warm worker process (a fresh one each, so that its peak memory is honest), built
+and warmed up one after another; then the group runs interleaved rounds, each worker timing one repeat in
+turn (:mod:`benchmarks.bench.interleave`), so that a ratio between two rows of a group (bit_keras / baseline,
+/ timm, bf16 / float32, folded / Keras) is the median of per-round ratios with its min-max, never the ratio of
+two rows measured minutes apart. On CPU peak memory is the growth of the worker's resident-set high-water mark
+(``VmHWM``, reset through ``/proc/self/clear_refs``) from the moment after ``import tensorflow`` to the end of
+the case (weights, optimizer state, activations, compiled code, allocator caches); on a GPU it is
 ``tf.config.experimental.get_memory_info('GPU:0')['peak']`` after a reset.
 
 The vocabulary and the models are in :mod:`benchmarks.bench.cases`, the rows in :mod:`benchmarks.bench.rows`,
 the report in :mod:`benchmarks.bench.report`, the targets and reference figures (data files) in
-:mod:`benchmarks.bench.targets`, the timing and memory probes in :mod:`benchmarks.bench.timing`.
+:mod:`benchmarks.bench.targets`, the timing and memory probes in :mod:`benchmarks.bench.timing`, the machine
+(ISA, oneDNN) in :mod:`benchmarks.bench.machine`, the op profile in :mod:`benchmarks.bench.op_profile`.
 
 Example:
     >>> plan = build_plan(Options(quick=True))
     >>> sum(s.case == "bit_keras" for s in plan), sorted({s.image_size for s in plan})
     (9, [128, 224])
+    >>> [(g[0].mode, g[0].image_size, g[0].batch_size, len(g)) for g in group_plan(plan)]
+    [('inference', 224, 8, 11), ('train', 224, 8, 7), ('train', 128, 16, 6), ('inference', 224, 1, 5), ('train', 224, 8, 1)]
+    >>> [s.case for s in group_plan(plan)[1]]  # one group: each ratio is read on the same interleaved rounds
+    ['bit_keras', 'baseline_resnet50v2', 'bit_keras', 'baseline_resnet50v2', 'bit_keras', 'timm_resnetv2_50x1_bit', 'timm_resnetv2_50x1_bit']
 """
 
 from __future__ import annotations
@@ -36,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,13 +55,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.bench.cases import (ALL_CASES, BASELINE_CASE, BIT_CASE, DIAG_CASES, FOLDED_CASE, MODES, PEER_ARCH,
-                                   PIPELINE_CASE, SAVED_MODEL_CASE, TIMM_CASE, TINY_ARCH, CaseSpec,
-                                   baseline_available, case_gflops)
+from benchmarks.bench.cases import (ALL_CASES, BASELINE_CASE, BIT_CASE, DIAG_CASES, FOLDED_CASE, KERAS_FOLDED_CASE,
+                                   MODEL_CASES, MODES, PEER_ARCH, PIPELINE_CASE, SAVED_MODEL_CASE, TIMM_CASE,
+                                   TIMM_MODELS, TINY_ARCH, CaseSpec, baseline_available)
+from benchmarks.bench.interleave import (InProcessWorker, SubprocessWorker, WorkerError, checkout_env, run_rounds,
+                                         serve_or_fail)
+from benchmarks.bench.machine import machine_info as _machine_info
 from benchmarks.bench.report import add_ratios, ok_row, render_markdown, render_profiles, rerender, write_csv
-from benchmarks.bench.rows import prepare_exports, run_case
+from benchmarks.bench.rows import CaseRunner, prepare_exports, row_from, run_case
 from benchmarks.bench.targets import load_targets
-from benchmarks.bench.timing import RESULT_PREFIX, cores, load1
+from benchmarks.bench.timing import load1
 
 
 # --------------------------------------------------------------------------- plan
@@ -112,19 +125,34 @@ def _mixed(gpu: bool) -> str:
     return "mixed_float16" if gpu else "mixed_bfloat16"
 
 
-def _timing(opts: Options, gpu: bool) -> dict[str, Any]:
+def _precisions(opts: Options, gpu: bool) -> list[str]:
+    """float32 and bf16 on CPU (float32 only for ``--tiny``); both mixed precisions on a GPU."""
+    if opts.precisions:
+        return list(opts.precisions)
     if opts.tiny:
-        base = {"warmup": 1, "repeats": 1, "min_seconds": 0.0, "min_steps": 1}
+        return ["float32"]
+    return ["mixed_bfloat16", "mixed_float16"] if gpu else ["float32", "mixed_bfloat16"]
+
+
+GPU_ARCHS = (PEER_ARCH, "R152x2")  # the GPU grid's networks, each with timm's BiT of the same architecture
+# The GPU memory row: TrainStep(batch_split=) on the largest network at its fine-tuning resolution, with and
+# without splitting the batch ((arch, image size, batch size), splits).
+GPU_SPLIT_ROW = (("R152x4", 480, 8), (1, 4))
+
+
+def _timing(opts: Options, gpu: bool) -> dict[str, Any]:
+    """Warm-up steps, rounds (``repeats``: one timed repeat per row per round) and what one repeat is."""
+    if opts.tiny:
+        base = {"warmup": 1, "repeats": 2, "min_seconds": 0.0, "min_steps": 1}
     elif opts.quick:
-        base = {"warmup": 2, "repeats": 2, "min_seconds": 1.0, "min_steps": 2}
+        base = {"warmup": 2, "repeats": 4, "min_seconds": 1.0, "min_steps": 1}
     else:
-        base = {"warmup": 2, "repeats": 3, "min_seconds": 3.0, "min_steps": 3}
+        base = {"warmup": 2, "repeats": 5, "min_seconds": 2.0, "min_steps": 2}
     if opts.repeats is not None:
         base["repeats"] = opts.repeats
     if opts.min_seconds is not None:
         base["min_seconds"] = opts.min_seconds
     base["device"] = "gpu" if gpu else "cpu"
-    base["profile"] = opts.profile
     return base
 
 
@@ -138,7 +166,7 @@ def _model_grid(opts: Options, gpu: bool) -> list[tuple[str, str, str, tuple[int
     both: one float32 training row with rematerialised units at the first point (its memory and cost).
     """
     points = opts.points(gpu)
-    precisions = list(opts.precisions) or (["float32"] if opts.tiny else ["float32", _mixed(gpu)])
+    precisions = _precisions(opts, gpu)
     variants = _variants(opts)
     grid = []
     for i, point in enumerate(points):
@@ -175,13 +203,45 @@ def build_plan(opts: Options, gpu: bool = False) -> list[CaseSpec]:
         >>> {s.arch for s in plan if s.case == "bit_keras"}
         {'R14x0.25'}
     """
-    archs = [TINY_ARCH] if opts.tiny else ([PEER_ARCH, "R101x3"] if gpu else [PEER_ARCH])
+    archs = [TINY_ARCH] if opts.tiny else (list(GPU_ARCHS) if gpu else [PEER_ARCH])
     rows = [*_model_rows(opts, gpu, archs), *_export_rows(opts, gpu, archs[0]), *_serving_rows(opts, gpu, archs[0]),
             *_pipeline_rows(opts, gpu), *_timm_rows(opts, gpu)]
     timing = _timing(opts, gpu)
-    plan = [CaseSpec(case, mode, variant, precision, arch, point[0], point[1], **timing)
+    first = opts.points(gpu)[0]
+    plan = [CaseSpec(case, mode, variant, precision, arch, point[0], point[1], **timing,
+                     profile=_profiled(opts, case, mode, variant, point == first))
             for case, mode, variant, precision, arch, point in rows]
+    if gpu and not opts.tiny and not opts.point_override:
+        (arch, size, batch), splits = GPU_SPLIT_ROW
+        plan += [CaseSpec(BIT_CASE, "train", "function", _precisions(opts, gpu)[0], arch, size, batch, **timing,
+                          batch_split=split) for split in splits]
     return [s for s in plan if s.case in opts.cases] if opts.cases else plan
+
+
+def _profiled(opts: Options, case: str, mode: str, variant: str, first_point: bool) -> bool:
+    """Which rows profile their step at the end (after the timing): every model row with ``--profile``; else the
+    bit_keras training step at the first point, whose op profile says what is left where a target is missed."""
+    if opts.profile:
+        return case in MODEL_CASES and variant != "eager"
+    return case == BIT_CASE and mode == "train" and variant == "function" and first_point and (opts.quick or opts.tiny)
+
+
+def group_plan(plan: Sequence[CaseSpec]) -> list[list[CaseSpec]]:
+    """The plan's rows in comparison groups, in order of first appearance: one per architecture (timm's rows go
+    with the zoo network of the same architecture), mode, image size, batch size and batch split. The rows of a
+    group are run in interleaved rounds.
+
+    Example:
+        >>> plan = build_plan(Options(tiny=True))
+        >>> [[s.case for s in group] for group in group_plan(plan)][1:3]
+        [['bit_keras', 'baseline_resnet50v2'], ['input_pipeline']]
+    """
+    groups: dict[tuple, list[CaseSpec]] = {}
+    for spec in plan:
+        arch = spec.arch if spec.case != PIPELINE_CASE else "-"
+        key = (arch, spec.mode, spec.image_size, spec.batch_size, spec.case == PIPELINE_CASE)
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
 
 
 def _variants(opts: Options) -> list[str]:
@@ -210,11 +270,12 @@ def _saved_model_variants(opts: Options) -> list[str]:
 
 
 def _export_rows(opts: Options, gpu: bool, arch: str) -> list[Row]:
-    """The plain and folded SavedModels at the measured points."""
+    """The plain and folded SavedModels and the folded Keras model at the measured points."""
     points = opts.points(gpu)
     variants = _saved_model_variants(opts)
     return [(case, "inference", variant, "float32", arch, point)
-            for point in (points[:1] if opts.quick else points) for case in (SAVED_MODEL_CASE, FOLDED_CASE)
+            for point in (points[:1] if opts.quick else points)
+            for case in (SAVED_MODEL_CASE, FOLDED_CASE, KERAS_FOLDED_CASE)
             for variant in (variants[:1] if opts.quick or opts.tiny else variants)]
 
 
@@ -224,7 +285,8 @@ def _serving_rows(opts: Options, gpu: bool, arch: str) -> list[Row]:
         return []
     serving = (opts.points(gpu)[0][0], 1)
     variant = _saved_model_variants(opts)[0]
-    cases = [BIT_CASE, *([BASELINE_CASE] if baseline_available(arch) else []), SAVED_MODEL_CASE, FOLDED_CASE]
+    cases = [BIT_CASE, *([BASELINE_CASE] if baseline_available(arch) else []), SAVED_MODEL_CASE, FOLDED_CASE,
+             KERAS_FOLDED_CASE]
     return [(case, "inference", variant, "float32", arch, serving) for case in cases]
 
 
@@ -237,11 +299,13 @@ def _pipeline_rows(opts: Options, gpu: bool) -> list[Row]:
 
 
 def _timm_rows(opts: Options, gpu: bool) -> list[Row]:
-    """timm's peer rows at the points the targets are read at (training only beyond the first in --quick)."""
-    precisions = ("float32",) if opts.tiny else ("float32", _mixed(gpu))
-    return [(TIMM_CASE, mode, "torch_eager", precision, PEER_ARCH, point)
-            for i, point in enumerate(opts.target_points(gpu))
-            for mode in (("train",) if opts.quick and i > 0 else MODES) for precision in precisions]
+    """timm's peer rows at the points the targets are read at (training only beyond the first in --quick), in
+    each precision of the grid; for R50x1 (and R152x2 on a GPU: AMP, channels-last)."""
+    archs = [a for a in (GPU_ARCHS if gpu and not opts.tiny else (PEER_ARCH,)) if a in TIMM_MODELS]
+    variant = "torch_amp" if gpu else "torch_eager"
+    return [(TIMM_CASE, mode, variant, precision, arch, point)
+            for arch in archs for i, point in enumerate(opts.target_points(gpu))
+            for mode in (("train",) if opts.quick and i > 0 else MODES) for precision in _precisions(opts, gpu)]
 
 
 # --------------------------------------------------------------------------- timm peer (PyTorch)
@@ -271,17 +335,16 @@ def timm_available(python: str | None = None) -> bool:
     return "error" not in timm_versions(python)
 
 
-def run_peer(spec: CaseSpec, python: str | None = None, timeout: float = 1200.0) -> dict[str, Any]:
-    """One timm row, run by ``python`` (default: this interpreter) in its own process: ``timm_peer.py``
-    imports neither TensorFlow nor this package, so the peer may live in a PyTorch-only environment."""
-    row: dict[str, Any] = {**spec.row_fields(), "status": "ok", "note": "", "load1": load1()}
+def peer_worker(spec: CaseSpec, python: str | None = None, timeout: float = 1200.0) -> SubprocessWorker:
+    """A warm worker for one timm row, run by ``python`` (default: this interpreter): ``timm_peer.py`` imports
+    neither TensorFlow nor this package, so the peer may live in a PyTorch-only environment."""
     cmd = [python or sys.executable, str(PEER_SCRIPT), json.dumps(asdict(spec))]
-    result, why = _result_of(cmd, timeout, "peer")
-    if result is None or "error" in result:
-        return {**row, "status": "error", "note": why if result is None else result["error"]}
-    row.update(result)
-    row["gflop_per_s"] = row["images_per_s"] * case_gflops(spec)
-    return row
+    return SubprocessWorker(spec.label(), cmd, timeout=timeout)
+
+
+def run_peer(spec: CaseSpec, python: str | None = None, timeout: float = 1200.0) -> dict[str, Any]:
+    """One timm row alone (its repeats back to back, in its own process)."""
+    return _run_group_workers([(spec, peer_worker(spec, python, timeout))], lambda message: None)[0]
 
 
 def unavailable_row(spec: CaseSpec, note: str) -> dict[str, Any]:
@@ -295,32 +358,23 @@ def unavailable_row(spec: CaseSpec, note: str) -> dict[str, Any]:
 
 
 def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])  # the checkout: benchmarks/bench/harness.py
-    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
+    return checkout_env(Path(__file__).resolve().parents[2])  # the checkout: benchmarks/bench/harness.py
 
 
-def _result_of(cmd: list[str], timeout: float, who: str, env: dict[str, str] | None = None
-               ) -> tuple[dict[str, Any] | None, str]:
-    """Run ``cmd``: (the JSON of its last ``RESULT_PREFIX`` line, "") or (None, why there is none)."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {timeout:.0f} s"
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):]), ""
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return None, f"{who} exited {proc.returncode}: {tail[0][:300]}"
+def row_worker(spec: CaseSpec, timeout: float = 1200.0) -> SubprocessWorker:
+    """A warm worker process for one row (``--worker``, with the checkout on ``PYTHONPATH``)."""
+    cmd = [sys.executable, "-m", "benchmarks.bench.harness", "--worker", json.dumps(asdict(spec))]
+    return SubprocessWorker(spec.label(), cmd, env=_worker_env(), timeout=timeout)
 
 
 def run_isolated(spec: CaseSpec, timeout: float = 1200.0) -> dict[str, Any]:
-    """Run one row in a fresh Python process (honest peak memory) and return its fields."""
-    cmd = [sys.executable, "-m", "benchmarks.bench.harness", "--worker", json.dumps(asdict(spec))]
-    row, why = _result_of(cmd, timeout, "worker", env=_worker_env())
-    return row if row is not None else {**spec.row_fields(), "status": "error", "note": why}
+    """Run one row alone in a fresh Python process (honest peak memory) and return its fields."""
+    return _run_group_workers([(spec, row_worker(spec, timeout))], lambda message: None)[0]
+
+
+def _runner_protocol(spec: CaseSpec) -> tuple[Any, Any, dict[str, Any]]:
+    runner = CaseRunner(spec)
+    return runner.measure, runner.finish, runner.ready()
 
 
 def _worker_main(spec_json: str) -> int:
@@ -331,55 +385,25 @@ def _worker_main(spec_json: str) -> int:
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     else:
-        import tensorflow  # noqa: F401
-    row = run_case(spec)
-    print(RESULT_PREFIX + json.dumps(row), flush=True)
-    return 0
+        import tensorflow  # noqa: F401 - the memory baseline is taken after the framework is loaded
+    return serve_or_fail(lambda: _runner_protocol(spec))
 
 
-def machine_info(peer_python: str | None = "") -> dict[str, Any]:
-    """The machine and software the numbers come from (with torch/timm versions of ``peer_python``, the
-    timm peer's interpreter: ``""`` for this one, ``None`` not to ask).
+def machine_info(peer_python: str | None = "", onednn: bool = True) -> dict[str, Any]:
+    """The machine and software the numbers come from (:func:`benchmarks.bench.machine.machine_info`: CPU, ISA,
+    oneDNN and whether it uses AMX, the machine's slug), with the torch/timm versions of ``peer_python``, the
+    timm peer's interpreter (``""`` for this one, ``None`` not to ask).
 
     Example:
-        >>> sorted(machine_info())[:4]
+        >>> sorted(machine_info(onednn=False))[:4]
         ['cores', 'cpu', 'cpu_flags', 'gpus']
     """
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name") and cpu in (platform.processor(), platform.machine()):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    have = set(line.split(":", 1)[1].split())
-                    flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
-                                         "amx_tile") if f in have]
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": cores(), "gpus": [],
-                            "memory_gb": None, "python": platform.python_version(), "os": platform.platform()}
-    try:
-        import psutil
-
-        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    import keras
-    import tensorflow as tf
-
-    info["tensorflow"] = tf.__version__
-    info["keras"] = keras.__version__
-    info["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")
-    for gpu in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(gpu)
-        info["gpus"].append(details.get("device_name", gpu.name))
+    peer: dict[str, str] = {}
     if peer_python is not None and timm_available(peer_python or None):
-        info.update(timm_versions(peer_python or None))
+        peer.update(timm_versions(peer_python or None))
         if peer_python:
-            info["peer_python"] = peer_python
-    info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
-    return info
+            peer["peer_python"] = peer_python
+    return _machine_info(peer, onednn=onednn)
 
 
 # --------------------------------------------------------------------------- driver
@@ -402,8 +426,9 @@ def _log(opts: Options, message: str) -> None:
 
 
 def run_benchmark(opts: Options) -> list[dict[str, Any]]:
-    """Run the plan, write ``bench.csv``, ``bench.md`` and ``machine.json`` under ``opts.output``, and
-    return the rows.
+    """Run the plan group by group (:func:`group_plan`, interleaved rounds), write ``bench.csv``, ``bench.md``
+    and ``machine.json`` (and ``profile.md`` when a row was profiled) under ``opts.output`` (``{machine}`` in
+    it is replaced by the machine's slug, e.g. ``benchmarks/results/{machine}``), and return the rows.
 
     Example (a tiny smoke run of one case, in-process):
         >>> out = tempfile.mkdtemp()
@@ -412,20 +437,24 @@ def run_benchmark(opts: Options) -> list[dict[str, Any]]:
         >>> [(r["case"], r["status"]) for r in rows], sorted(os.listdir(out))
         ([('input_pipeline', 'ok')], ['bench.csv', 'bench.md', 'machine.json'])
     """
-    out_dir = Path(opts.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
     gpu = _gpu_present(opts.device)
     machine = machine_info(opts.peer_python if opts.check_timm else None)
+    out_dir = Path(opts.output.replace("{machine}", machine["slug"]))
+    out_dir.mkdir(parents=True, exist_ok=True)
     plan = build_plan(opts, gpu)
+    groups = group_plan(plan)
     work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="bench-work-"))
     rows: list[dict[str, Any]] = []
     try:
         exports = _prepare(opts, plan, work)
-        for i, spec in enumerate(plan, 1):
-            spec = replace(spec, work_dir=str(work))
-            row = _run_one(opts, spec, exports)
-            rows.append(row)
-            _log(opts, f"[{i}/{len(plan)}] {spec.label()}: {_row_summary(row)}")
+        for gid, group in enumerate(groups, 1):
+            group = [replace(spec, work_dir=str(work)) for spec in group]
+            _log(opts, f"group {gid}/{len(groups)}: {group[0].arch} {group[0].mode} {group[0].image_size} px batch "
+                       f"{group[0].batch_size}, {len(group)} rows, {group[0].repeats} interleaved rounds")
+            for row in run_group(opts, group, exports):
+                row["group"] = gid
+                rows.append(row)
+                _log(opts, f"  {_label(row)}: {_row_summary(row)}")
     finally:
         if not opts.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -442,6 +471,76 @@ def run_benchmark(opts: Options) -> list[dict[str, Any]]:
     return rows
 
 
+def _label(row: dict[str, Any]) -> str:
+    return "/".join(str(row.get(k)) for k in ("case", "mode", "variant", "precision", "arch"))
+
+
+def run_group(opts: Options, group: Sequence[CaseSpec], exports: dict[str, str]) -> list[dict[str, Any]]:
+    """One comparison group: a warm worker per row (built one after another), then interleaved rounds; rows
+    that cannot run here are ``unavailable``, workers that fail to start ``error``."""
+    rows: dict[int, dict[str, Any]] = {}
+    workers: list[tuple[int, CaseSpec, Any]] = []
+    if opts.isolation == "inprocess":
+        import keras
+
+        keras.backend.clear_session()
+    for i, spec in enumerate(group):
+        why = _unavailable(opts, spec, exports)
+        if why:
+            rows[i] = unavailable_row(spec, why)
+        else:
+            workers.append((i, spec, _worker_for(opts, spec)))
+    ran = _run_group_workers([(spec, worker) for _, spec, worker in workers], lambda m: _log(opts, m))
+    rows.update({i: row for (i, _, _), row in zip(workers, ran)})
+    return [rows[i] for i in range(len(group))]
+
+
+def _run_group_workers(workers: Sequence[tuple[CaseSpec, Any]], log: Any) -> list[dict[str, Any]]:
+    """Start each worker in turn (build, warm up: not timed against the others), run the interleaved rounds,
+    finish each (peak memory, checks, profile): one row per worker, in order."""
+    started: list[tuple[int, CaseSpec, Any, dict[str, Any]]] = []
+    rows: dict[int, dict[str, Any]] = {}
+    for i, (spec, worker) in enumerate(workers):
+        try:
+            ready = worker.start()
+        except WorkerError as e:
+            rows[i] = row_from(spec, None, [], None, str(e))
+            log(f"  failed: {spec.label()}: {e}")
+            continue
+        started.append((i, spec, worker, ready))
+        log(f"  ready: {spec.label()} (first call {ready.get('first_call_s', 0):.1f} s)")
+    rounds = max((spec.repeats for _, spec, _, _ in started), default=1)
+    results = run_rounds([w for _, _, w, _ in started], max(1, rounds), log=log) if started else {}
+    for i, spec, worker, ready in started:
+        repeats = results.get(worker.name, [])
+        try:
+            finish = worker.finish()
+        except WorkerError as e:
+            finish = {"note": f"finish failed: {e}"}
+        error = "" if any(repeats) else f"no repeat was timed: {finish.get('note') or 'the worker stopped'}"
+        rows[i] = row_from(spec, ready, repeats, finish, error)
+    return [rows[i] for i in range(len(workers))]
+
+
+def _unavailable(opts: Options, spec: CaseSpec, exports: dict[str, str]) -> str:
+    """Why a row cannot run here ("" when it can)."""
+    if spec.case == TIMM_CASE and not (opts.check_timm and timm_available(opts.peer_python or None)):
+        python = opts.peer_python or sys.executable
+        return (f"torch and timm are not importable by {python} (pip install 'bit-keras[bench]', or "
+                "--peer-python PATH)")
+    if spec.case in (SAVED_MODEL_CASE, FOLDED_CASE) and spec.case not in exports:
+        return exports.get("error", "no export")
+    return ""
+
+
+def _worker_for(opts: Options, spec: CaseSpec) -> Any:
+    if spec.case == TIMM_CASE:
+        return peer_worker(spec, opts.peer_python or None, opts.timeout)
+    if opts.isolation == "subprocess":
+        return row_worker(spec, opts.timeout)
+    return InProcessWorker(spec.label(), lambda: _runner_protocol(spec))
+
+
 def _prepare(opts: Options, plan: Sequence[CaseSpec], work: Path) -> dict[str, str]:
     specs = [s for s in plan if s.case in (SAVED_MODEL_CASE, FOLDED_CASE)]
     if not specs:
@@ -454,20 +553,8 @@ def _prepare(opts: Options, plan: Sequence[CaseSpec], work: Path) -> dict[str, s
 
 
 def _run_one(opts: Options, spec: CaseSpec, exports: dict[str, str]) -> dict[str, Any]:
-    if spec.case == TIMM_CASE:
-        if not (opts.check_timm and timm_available(opts.peer_python or None)):
-            python = opts.peer_python or sys.executable
-            return unavailable_row(spec, f"torch and timm are not importable by {python} "
-                                         "(pip install 'bit-keras[bench]', or --peer-python PATH)")
-        return run_peer(spec, opts.peer_python or None, opts.timeout)
-    if spec.case in (SAVED_MODEL_CASE, FOLDED_CASE) and spec.case not in exports:
-        return unavailable_row(spec, exports.get("error", "no export"))
-    if opts.isolation == "subprocess":
-        return run_isolated(spec, opts.timeout)
-    import keras
-
-    keras.backend.clear_session()
-    return run_case(spec)
+    """One row alone (a group of one)."""
+    return run_group(opts, [spec], exports)[0]
 
 
 def _row_summary(row: dict[str, Any]) -> str:
@@ -495,10 +582,12 @@ def _points(text: str) -> tuple[tuple[int, int], ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` flags (shared by ``bit-keras bench`` and ``benchmarks/run.py``)."""
-    parser.add_argument("--output", default="bench-results", help="directory for bench.csv / bench.md")
+    parser.add_argument("--output", default="bench-results",
+                        help="directory for bench.csv / bench.md; {machine} is replaced by the machine's slug "
+                             "(e.g. --output benchmarks/results/{machine})")
     parser.add_argument("--quick", action="store_true",
-                        help="two points, the rows the targets are read from, two repeats: a few minutes on CPU")
-    parser.add_argument("--tiny", action="store_true", help="a tiny network at 32 px, one repeat (smoke test)")
+                        help="two points, the rows the targets are read from, four rounds: under 10 min on 2 CPU cores")
+    parser.add_argument("--tiny", action="store_true", help="a tiny network at 32 px, two rounds (smoke test)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     parser.add_argument("--cases", default="", help=f"comma-separated subset of {', '.join(ALL_CASES)}")
     parser.add_argument("--points", default="", help="image_size x batch_size list, e.g. 224x8,128x16")
@@ -506,7 +595,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", default="", help="e.g. function,xla (eager is added at one point)")
     parser.add_argument("--isolation", choices=("subprocess", "inprocess"), default="subprocess",
                         help="a fresh process per row (honest peak memory, default) or all in this one")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", "--rounds", type=int, default=None, dest="repeats",
+                        help="interleaved rounds (one timed repeat of every row of a group per round)")
     parser.add_argument("--min-seconds", type=float, default=None)
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per row")
     parser.add_argument("--diagnostics", action=argparse.BooleanOptionalAction, default=None,

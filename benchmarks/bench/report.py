@@ -1,7 +1,10 @@
 """The report of ``bit-keras bench``: ratios, ``bench.csv``, ``bench.md`` and the "where we stand" summary.
 
 The targets and the figures this run cannot measure come from data files (:mod:`benchmarks.bench.targets`),
-and the report names the file each one came from.
+and the report names the file each one came from. Every ratio between two rows of one comparison group (the
+same ``group`` in ``bench.csv``: run in interleaved rounds) is the median of the per-round ratios, with its
+min-max (:func:`benchmarks.bench.interleave.ratio_stats`); rows of different groups or runs are compared by the
+ratio of their medians and marked "not interleaved".
 
 Example:
     >>> rows = [{"case": "baseline_resnet50v2", "mode": "train", "image_size": 128, "batch_size": 8,
@@ -22,8 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.bench.cases import BASELINE_CASE, BIT_CASE, FOLDED_CASE, MODES, PEER_ARCH, PIPELINE_CASE, TIMM_CASE
-from benchmarks.bench.targets import MATCH_KEYS, ReferenceRun, Targets, display_path, load_targets, reference_for
+from benchmarks.bench.cases import (BASELINE_CASE, BIT_CASE, FOLDED_CASE, KERAS_FOLDED_CASE, MODES, PEER_ARCH,
+                                   PIPELINE_CASE, SAVED_MODEL_CASE, TIMM_CASE)
+from benchmarks.bench.interleave import format_ratio, ratio_stats
+from benchmarks.bench.machine import has_bf16_isa, isa_summary, machine_slug, onednn_summary
+from benchmarks.bench.op_profile import format_shares, parse_shares_cell, shares_cell
+from benchmarks.bench.targets import (MATCH_KEYS, RatioCheck, ReferenceRun, Targets, display_path, load_targets,
+                                      reference_for)
+from benchmarks.bench.timing import round_rates
 from bit_keras.models.spec import ARCHS
 
 CSV_COLUMNS = (
@@ -31,6 +40,8 @@ CSV_COLUMNS = (
     "images_per_s", "peak_mem_mb", "ratio_to_baseline", "ratio_to_timm",
     "images_per_s_max", "cpu_ms_per_image", "gflop_per_s", "first_call_s", "steps", "seconds", "mem_kind",
     "max_abs_diff", "load1", "status", "note",
+    "batch_split", "group", "rounds", "round_images_per_s", "ratio_to_baseline_spread", "ratio_to_timm_spread",
+    "profile_shares",
 )
 
 def ok_row(row: dict[str, Any]) -> bool:
@@ -46,22 +57,198 @@ def _timm_key(row: dict[str, Any]) -> tuple:
     return (row["mode"], int(row["image_size"]), int(row["batch_size"]), row["precision"])
 
 
+def _split(row: dict[str, Any]) -> int:
+    return int(row.get("batch_split") or 1)
+
+
+def pair_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """images/s of row ``a`` over row ``b``: the median and min-max of the per-round ratios when both ran in the
+    same interleaved group (``interleaved: True``), else the ratio of their medians (``rounds: 0``).
+
+    Example:
+        >>> a = {"group": 1, "images_per_s": 6.0, "round_images_per_s": "6;5.5;6.6", "status": "ok"}
+        >>> b = {"group": 1, "images_per_s": 5.0, "round_images_per_s": "5;5;6", "status": "ok"}
+        >>> pair_stats(a, b)
+        {'median': 1.1, 'min': 1.1, 'max': 1.2, 'rounds': 3, 'interleaved': True}
+        >>> pair_stats(a, {**b, "group": 2})
+        {'median': 1.2, 'min': 1.2, 'max': 1.2, 'rounds': 0, 'interleaved': False}
+    """
+    if not (ok_row(a) and ok_row(b)):
+        return None
+    ra, rb = round_rates(a.get("round_images_per_s")), round_rates(b.get("round_images_per_s"))
+    if a.get("group") not in (None, "") and a.get("group") == b.get("group") and ra and len(ra) == len(rb):
+        stats = ratio_stats(ra, rb)
+        if stats:
+            return {**stats, "interleaved": True}
+    ratio = round(float(a["images_per_s"]) / float(b["images_per_s"]), 4)
+    return {"median": ratio, "min": ratio, "max": ratio, "rounds": 0, "interleaved": False}
+
+
+def describe_ratio(stats: dict[str, Any] | None) -> str:
+    """``1.10x (1.00-1.20, 3 rounds)``, or ``1.20x (not interleaved)``.
+
+    Example:
+        >>> describe_ratio({"median": 1.2, "min": 1.2, "max": 1.2, "rounds": 0, "interleaved": False})
+        '1.20x (not interleaved)'
+    """
+    if not stats:
+        return ""
+    if not stats.get("interleaved"):
+        return f"{stats['median']:.2f}x (not interleaved)"
+    return format_ratio(stats)
+
+
+def _spread(stats: dict[str, Any] | None) -> str:
+    return f"{stats['min']:.4g}-{stats['max']:.4g}" if stats and stats.get("interleaved") else ""
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill ``ratio_to_baseline`` (images/s over the baseline row with the same mode, image size, batch
     size, variant and precision) and ``ratio_to_timm`` (over timm's row with the same mode, size, batch
-    and precision). Rows without a counterpart get an empty ratio.
+    and precision), each the median of the per-round ratios where the two ran interleaved (its min-max in
+    ``ratio_to_baseline_spread`` / ``ratio_to_timm_spread``), else the ratio of the medians. Rows without a
+    counterpart get an empty ratio.
 
     Example: see the module docstring.
     """
-    base = {_key(r): float(r["images_per_s"]) for r in rows if r["case"] == BASELINE_CASE and ok_row(r)}
-    timm = {_timm_key(r): float(r["images_per_s"]) for r in rows if r["case"] == TIMM_CASE and ok_row(r)}
+    base = {(_key(r), r.get("arch"), _split(r)): r for r in rows if r["case"] == BASELINE_CASE and ok_row(r)}
+    timm = {(_timm_key(r), r.get("arch")): r for r in rows if r["case"] == TIMM_CASE and ok_row(r)}
     for r in rows:
-        ips = float(r["images_per_s"]) if ok_row(r) else None
-        b = base.get(_key(r))
-        r["ratio_to_baseline"] = round(ips / b, 4) if ips and b else ""
-        t = timm.get(_timm_key(r))
-        r["ratio_to_timm"] = round(ips / t, 4) if ips and t and r["case"] not in (TIMM_CASE, PIPELINE_CASE) else ""
+        b = base.get((_key(r), r.get("arch"), _split(r))) if ok_row(r) else None
+        stats = pair_stats(r, b) if b is not None else None
+        r["ratio_to_baseline"] = stats["median"] if stats else ""
+        r["ratio_to_baseline_spread"] = _spread(stats)
+        t = timm.get((_timm_key(r), r.get("arch"))) if ok_row(r) and r["case"] not in (TIMM_CASE, PIPELINE_CASE) else None
+        stats = pair_stats(r, t) if t is not None else None
+        r["ratio_to_timm"] = stats["median"] if stats else ""
+        r["ratio_to_timm_spread"] = _spread(stats)
     return rows
+
+
+# --------------------------------------------------------------------------- comparisons and target checks
+
+# The comparisons every report shows (no minimum: the targets are targets.json's ratio_checks).
+COMPARISONS = (
+    RatioCheck("bit_keras / baseline", {"case": BIT_CASE}, {"case": BASELINE_CASE}, ("variant", "precision"), 0.0),
+    RatioCheck("bit_keras / timm", {"case": BIT_CASE}, {"case": TIMM_CASE}, ("precision",), 0.0),
+    RatioCheck("bf16 / float32", {"case": BIT_CASE, "precision": "mixed_bfloat16"},
+               {"case": BIT_CASE, "precision": "float32"}, ("variant",), 0.0),
+    RatioCheck("remat / function", {"case": BIT_CASE, "variant": "remat"}, {"case": BIT_CASE, "variant": "function"},
+               ("precision",), 0.0),
+    *(RatioCheck(f"{case} / bit_keras", {"case": case}, {"case": BIT_CASE}, ("variant", "precision"), 0.0)
+      for case in (KERAS_FOLDED_CASE, FOLDED_CASE, SAVED_MODEL_CASE)),
+)
+
+
+def _point(row: dict[str, Any]) -> tuple:
+    return (row.get("arch"), row["mode"], int(row["image_size"]), int(row["batch_size"]), _split(row))
+
+
+def pairs(rows: Sequence[dict[str, Any]], check: RatioCheck) -> list[tuple[dict[str, Any], dict[str, Any], dict]]:
+    """(numerator row, denominator row, :func:`pair_stats`) for every pair of measured rows ``check`` compares:
+    same architecture, mode, image size, batch size and batch split, and the check's ``same`` fields.
+
+    Example:
+        >>> rows = [{"case": "bit_keras", "mode": "train", "image_size": 128, "batch_size": 16, "arch": "R50x1",
+        ...          "variant": "function", "precision": p, "images_per_s": v, "status": "ok", "group": 1,
+        ...          "round_images_per_s": r} for p, v, r in (("float32", 10.0, "10;9"), ("mixed_bfloat16", 16.0, "16;18"))]
+        >>> [(n["precision"], d["precision"], describe_ratio(s)) for n, d, s in pairs(rows, COMPARISONS[2])]
+        [('mixed_bfloat16', 'float32', '1.80x (1.60-2.00, 2 rounds)')]
+    """
+    out = []
+    for row in rows:
+        if not (ok_row(row) and check.applies_to(row)):
+            continue
+        for other in rows:
+            if ok_row(other) and _point(other) == _point(row) and check.pairs_with(row, other):
+                stats = pair_stats(row, other)
+                if stats:
+                    out.append((row, other, stats))
+    return out
+
+
+def _name(row: dict[str, Any]) -> str:
+    return f"{row['case']} {row['variant']} {row['precision']}"
+
+
+def _where(row: dict[str, Any]) -> str:
+    split = f" split {_split(row)}" if _split(row) > 1 else ""
+    return f"{row.get('arch')} {row['mode']} {row['image_size']} px b{row['batch_size']}{split}"
+
+
+def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The :data:`COMPARISONS` found among the rows, as a Markdown table (ratio: median of the per-round
+    ratios, min-max, rounds)."""
+    lines = ["| point | rows | ratio (images/s) | min-max | rounds | CPU ms/img |", "|---|---|---|---|---|---|"]
+    for check in COMPARISONS:
+        for num, den, stats in pairs(rows, check):
+            spread = f"{stats['min']:.2f}-{stats['max']:.2f}" if stats["interleaved"] else "not interleaved"
+            cpu = f"{_fmt(num.get('cpu_ms_per_image'), 1)} / {_fmt(den.get('cpu_ms_per_image'), 1)}"
+            lines.append(f"| {_where(num)} | {_name(num)} / {_name(den)} | {stats['median']:.2f}x | {spread} | "
+                         f"{stats['rounds'] or ''} | {cpu} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def verdict(value: float, minimum: float) -> str:
+    """``met`` or ``NOT met, short by N%`` (how far the ratio is below the target, as a share of the target) and
+    the speed-up it needs.
+
+    Example:
+        >>> verdict(1.25, 1.2), verdict(1.056, 1.2)
+        ('met', 'NOT met, short by 12% (needs 1.14x)')
+    """
+    if value >= minimum:
+        return "met"
+    return f"NOT met, short by {1 - value / minimum:.0%} (needs {minimum / value:.2f}x)"
+
+
+def _profile_of(rows: Sequence[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The profiled bit_keras training row to explain a missed target with: same precision (and point) first."""
+    profiled = [r for r in rows if r["case"] == BIT_CASE and r["mode"] == "train" and _shares(r)]
+    profiled.sort(key=lambda r: (r["precision"] != row["precision"], _point(r)[1:] != _point(row)[1:]))
+    return profiled[0] if profiled else None
+
+
+def _shares(row: dict[str, Any]) -> dict[str, float]:
+    profile = row.get("profile")
+    if isinstance(profile, dict) and profile.get("categories"):
+        return dict(profile["categories"])
+    return parse_shares_cell(row.get("profile_shares"))
+
+
+def target_check_lines(rows: Sequence[dict[str, Any]], machine: dict[str, Any], targets: Targets) -> list[str]:
+    """One line per target of ``targets.json``'s ``ratio_checks`` and pair of rows it applies to: the ratio
+    (median of the per-round ratios and its spread), the target, ``met`` or by how much it is short, and for a
+    miss what the op profile of a training step shows is left (its shares by category).
+
+    Example:
+        >>> rows = [{"case": c, "mode": "train", "image_size": 224, "batch_size": 8, "arch": "R50x1",
+        ...          "variant": v, "precision": "float32", "images_per_s": ips, "status": "ok", "group": 1,
+        ...          "round_images_per_s": r} for c, v, ips, r in (("bit_keras", "function", 5.3, "5.3;5.2;5.4"),
+        ...          ("timm_resnetv2_50x1_bit", "torch_eager", 5.0, "5;5;5"))]
+        >>> rows[0]["profile_shares"] = "convolution=50;group_norm=25;weight_standardization=5;cast=0;other=20"
+        >>> print(target_check_lines(rows, {"cpu_flags": []}, load_targets())[0])
+        - vs_timm: R50x1 train 224 px b8, bit_keras function float32 / timm_resnetv2_50x1_bit torch_eager float32: 1.06x (1.04-1.08, 3 rounds), target >= 1.2x: NOT met, short by 12% (needs 1.13x); training-step profile (bit_keras float32 224 px): convolutions 50%, GroupNorm 25%, weight standardization 5%, casts 0%, other 20%
+    """
+    lines = []
+    for check in targets.ratio_checks:
+        if check.requires_isa and not (machine.get("gpus") or any(f in (machine.get("cpu_flags") or ())
+                                                                   for f in check.requires_isa)):
+            if any(check.applies_to(r) for r in rows if ok_row(r)):
+                lines.append(f"- {check.name}: not checked here: the CPU has none of {', '.join(check.requires_isa)}")
+            continue
+        for num, den, stats in pairs(rows, check):
+            text = (f"- {check.name}: {_where(num)}, {_name(num)} / {_name(den)}: {describe_ratio(stats)}, "
+                    f"target >= {check.minimum:g}x: {verdict(stats['median'], check.minimum)}")
+            if stats["median"] < check.minimum:
+                profiled = _profile_of(rows, num)
+                if profiled is not None:
+                    text += (f"; training-step profile ({profiled['case']} {profiled['precision']} "
+                             f"{profiled['image_size']} px): {format_shares(_shares(profiled))}")
+                else:
+                    text += "; no training-step profile in this run (--profile)"
+            lines.append(text)
+    return lines
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -81,6 +268,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
+            r = {**r, "profile_shares": shares_cell(_shares(r)) or r.get("profile_shares", "")}
             writer.writerow({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in r.items()})
     return path
 
@@ -90,6 +278,10 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
     lines = [
         f"- CPU: {machine.get('cpu')} ({machine.get('cores')} cores available; "
         f"{', '.join(machine.get('cpu_flags') or []) or 'no AVX-512'}), {machine.get('memory_gb')} GiB memory",
+        f"- ISA: {isa_summary(machine)}; " + (onednn_summary(machine["onednn_verbose"])
+                                               if "onednn_verbose" in machine else "oneDNN: not probed"),
+        f"- machine kind: `{machine.get('slug') or machine_slug(machine)}` (its stored runs: "
+        f"`benchmarks/results/{machine.get('slug') or machine_slug(machine)}/`)",
         f"- GPU: {gpus}",
         f"- TensorFlow {machine.get('tensorflow')}, Keras {machine.get('keras')}, Python {machine.get('python')}, "
         f"oneDNN {machine.get('onednn')}" + (f", torch {machine['torch']}, timm {machine['timm']}"
@@ -310,9 +502,14 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], tit
     figures = Figures(targets, int(machine.get("cores") or 1), reference_for(machine, targets))
     parts = [f"# {title}", "", "## Machine", "", *_machine_lines(machine), "",
              "## Sources", "", *source_lines(figures), "",
+             "## Target checks (interleaved ratios)", "",
+             "Each ratio: images/s of the two rows in the same interleaved rounds, the median of the per-round "
+             "ratios (min-max, rounds); the targets are `ratio_checks` of " + display_path(targets.path) + ".", "",
+             *(target_check_lines(rows, machine, targets) or ["- no row pair to check"]), "",
+             "## Interleaved comparisons", "", comparison_table(rows) or "none", "",
              "## Where we stand", "", *(summary_lines(rows, figures) or ["- no rows"]), "",
              "## All rows", "",
-             "img/s: median over the repeats. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
+             "img/s: median over the rounds. peak MB: " + _mem_note(rows) + ". x baseline: images/s over "
              "the BatchNorm baseline with the same mode, size, batch, variant and precision. x timm: over "
              "timm's row with the same mode, size, batch and precision. CPU ms/img: process CPU time (all threads) per image, "
              "the measure least disturbed by other processes on a shared machine.", "", markdown_table(rows), ""]
@@ -320,14 +517,18 @@ def render_markdown(rows: Sequence[dict[str, Any]], machine: dict[str, Any], tit
 
 
 def render_profiles(rows: Sequence[dict[str, Any]]) -> str:
-    """``profile.md``: the top op types (ms per step, summed over threads) of each profiled row.
+    """``profile.md``: for each profiled row, the shares by category (convolutions, GroupNorm, weight
+    standardization, casts, other) and the top op types (ms per step, summed over threads).
 
     Example:
         >>> print(render_profiles([{"case": "bit_keras", "mode": "train", "variant": "function",
-        ...       "precision": "float32", "image_size": 128, "batch_size": 16, "profile": [["Conv2D", 12.5]]}]))
+        ...       "precision": "float32", "image_size": 128, "batch_size": 16,
+        ...       "profile": {"op_types": [["Conv2D", 12.5]], "categories": {"convolution": 100.0}}}]))
         # Op profile (ms per step, summed over threads)
         <BLANKLINE>
         ## bit_keras train function float32 128 px batch 16
+        <BLANKLINE>
+        By category: convolutions 100%
         <BLANKLINE>
         | op type | ms/step | share |
         |---|---|---|
@@ -336,12 +537,17 @@ def render_profiles(rows: Sequence[dict[str, Any]]) -> str:
     """
     parts = ["# Op profile (ms per step, summed over threads)", ""]
     for r in rows:
-        if not r.get("profile"):
+        profile = r.get("profile")
+        if not profile:
             continue
-        total = sum(ms for _, ms in r["profile"]) or 1.0
+        op_types = profile.get("op_types", []) if isinstance(profile, dict) else profile
+        total = sum(ms for _, ms in op_types) or 1.0
         parts += [f"## {r['case']} {r['mode']} {r['variant']} {r['precision']} {r['image_size']} px batch "
-                  f"{r['batch_size']}", "", "| op type | ms/step | share |", "|---|---|---|"]
-        parts += [f"| {name} | {ms:.1f} | {ms / total:.0%} |" for name, ms in r["profile"]]
+                  f"{r['batch_size']}", ""]
+        if _shares(r):
+            parts += [f"By category: {format_shares(_shares(r))}", ""]
+        parts += ["| op type | ms/step | share |", "|---|---|---|"]
+        parts += [f"| {name} | {ms:.1f} | {ms / total:.0%} |" for name, ms in op_types]
         parts.append("")
     return "\n".join(parts)
 
@@ -368,8 +574,9 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
         >>> read_csv(p)[0]["images_per_s"], read_csv(p)[0]["ratio_to_baseline"]
         (2.5, '')
     """
-    ints = {"image_size", "batch_size", "steps"}
-    text = {"case", "mode", "variant", "precision", "arch", "mem_kind", "status", "note"}
+    ints = {"image_size", "batch_size", "steps", "batch_split", "group", "rounds"}
+    text = {"case", "mode", "variant", "precision", "arch", "mem_kind", "status", "note", "round_images_per_s",
+            "ratio_to_baseline_spread", "ratio_to_timm_spread", "profile_shares"}
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         for raw in csv.DictReader(f):

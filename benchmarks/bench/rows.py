@@ -11,8 +11,14 @@
     (``eager``);
 * ``saved_model`` / ``saved_model_folded``: ``hub_export.export(model, dir, kind="classifier",
   fold_standardization=...)`` loaded with ``tf.saved_model.load``, outputs checked against the Keras model;
+* ``keras_folded``: the Keras serving form, ``bit_keras.fold_standardization(model)`` (before it exists there:
+  ``hub_export.saved_model.fold_weight_standardization``), the same network with plain ``Conv2D`` layers and
+  standardized kernels, outputs checked against the Keras model;
 * ``input_pipeline``: :func:`bit_keras.data.sources.load_dataset` on a folder of generated JPEGs and
   :func:`bit_keras.data.pipelines.train_pipeline` (decode, resize, random crop, flip, batch), alone.
+
+Each case is prepared by a :class:`CaseRunner` (build, warm up), which then times one repeat per call: the
+harness's workers run it between interleaved rounds, :func:`run_case` runs its repeats back to back.
 
 Example:
     >>> row = run_case(CaseSpec("bit_keras", "train", arch=TINY_ARCH, image_size=32, batch_size=2,
@@ -30,11 +36,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from benchmarks.bench.cases import (ALL_CASES, BIT_CASE, FOLDED_CASE, MODEL_CASES, NUM_CLASSES, PIPELINE_CASE,
-                                   SAVED_MODEL_CASE, CaseSpec, build_model, case_gflops)
+from benchmarks.bench.cases import (ALL_CASES, BIT_CASE, FOLDED_CASE, KERAS_FOLDED_CASE, MODEL_CASES, NUM_CLASSES,
+                                   PIPELINE_CASE, SAVED_MODEL_CASE, CaseSpec, build_model, case_gflops)
 from benchmarks.bench.cases import TINY_ARCH  # noqa: F401 - the examples' architecture
+from benchmarks.bench.op_profile import profile_ops
 from benchmarks.bench.targets import load_targets
-from benchmarks.bench.timing import MemoryProbe, load1, sync, time_steps
+from benchmarks.bench.timing import MemoryProbe, load1, summarise_repeats, time_repeat, warm_up
 
 if TYPE_CHECKING:
     import keras
@@ -110,9 +117,10 @@ def build_for(spec: CaseSpec) -> tuple[keras.Model, keras.optimizers.Optimizer |
 
 
 def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, images: tf.Tensor, labels: tf.Tensor,
-               variant: str) -> Callable[[], Any]:
+               variant: str, batch_split: int = 1) -> Callable[[], Any]:
     """A zero-argument callable running the engine's :class:`~bit_keras.train.step.TrainStep` on one batch
-    (softmax loss, learning rate :data:`LEARNING_RATE`), with the variant's :data:`TRAIN_STEP_OPTIONS`.
+    (softmax loss, learning rate :data:`LEARNING_RATE`), with the variant's :data:`TRAIN_STEP_OPTIONS` and
+    ``batch_split`` micro-batches per step.
 
     Example:
         >>> spec = CaseSpec("bit_keras", "train", arch=TINY_ARCH, image_size=32, batch_size=2)
@@ -128,72 +136,19 @@ def train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, images
     if variant not in TRAIN_STEP_OPTIONS:
         raise ValueError(f"unknown training variant {variant!r}; choose from {sorted(TRAIN_STEP_OPTIONS)}")
     step = TrainStep(model, optimizer, tf.distribute.get_strategy(), batch_size=int(images.shape[0]),
-                     loss="softmax", **TRAIN_STEP_OPTIONS[variant])
+                     loss="softmax", **TRAIN_STEP_OPTIONS[variant], **({"batch_split": batch_split} if batch_split > 1 else {}))
     set_learning_rate(optimizer, LEARNING_RATE)
     batch = (images, labels)
     return lambda: step(batch)
 
 
-def run_model_case(spec: CaseSpec) -> dict[str, Any]:
-    """bit_keras, baseline and diagnostic rows: build the model, time inference or a training step."""
+def prepare_model_case(spec: CaseSpec) -> Callable[[], Any]:
+    """bit_keras, baseline and diagnostic rows: build the model, return its inference or training step."""
     model, optimizer = build_for(spec)
     images, labels = inputs(spec)
     if spec.mode == "inference":
-        step = inference_step(model, images, spec.variant)
-    else:
-        step = train_step(model, optimizer, images, labels, spec.variant)
-    result = time_steps(step, spec.batch_size, spec)
-    if spec.profile and spec.variant != "eager":
-        result["profile"] = profile_ops(step)
-    return result
-
-
-def profile_ops(step: Callable[[], Any], steps: int = 2, top: int = 15) -> list[tuple[str, float]]:
-    """Run ``steps`` steps under ``tf.profiler`` and return the ``top`` op types by time per step (ms).
-
-    Op time is summed over threads, so with intra-op parallelism the total exceeds the wall time; the
-    shares are what matters (e.g. convolutions vs the GroupNorm reductions and element-wise ops).
-
-    Example:
-        >>> import tensorflow as tf
-        >>> f = tf.function(lambda: tf.reduce_sum(tf.matmul(tf.random.uniform((256, 256)), tf.ones((256, 256)))))
-        >>> any("MatMul" in name for name, _ in profile_ops(f, steps=2))
-        True
-    """
-    import collections
-    import glob
-
-    import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    sync(step())
-    logdir = tempfile.mkdtemp(prefix="bench-profile-")
-    try:
-        tf.profiler.experimental.start(logdir)
-        try:
-            for _ in range(steps):
-                sync(step())
-        finally:
-            tf.profiler.experimental.stop()
-        totals: collections.Counter = collections.Counter()
-        for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
-            space = xplane_pb2.XSpace()
-            with open(path, "rb") as f:
-                space.ParseFromString(f.read())
-            for plane in space.planes:
-                names = plane.event_metadata
-                for line in plane.lines:
-                    for event in line.events:
-                        name = names[event.metadata_id].name
-                        # TF op events are "<op name>:<op type>"; skip executor frames ("A::B") and functions.
-                        if ":" not in name or "::" in name or "__inference" in name:
-                            continue
-                        op_type = name.rsplit(":", 1)[1].split("#")[0].strip()
-                        if op_type:
-                            totals[op_type] += event.duration_ps / 1e9 / steps
-        return [(name, round(ms, 2)) for name, ms in totals.most_common(top)]
-    finally:
-        shutil.rmtree(logdir, ignore_errors=True)
+        return inference_step(model, images, spec.variant)
+    return train_step(model, optimizer, images, labels, spec.variant, spec.batch_split)
 
 
 # --------------------------------------------------------------------------- SavedModel rows
@@ -204,6 +159,17 @@ def reference_images(image_size: int, n: int = 2) -> Any:
     import numpy as np
 
     return np.random.default_rng(1234).uniform(0, 1, (n, image_size, image_size, 3)).astype("float32")
+
+
+def _with_head_weights(model: keras.Model) -> keras.Model:
+    """The model with random weights in its zero-initialised head, so that its outputs say something."""
+    import numpy as np
+
+    head = model.get_layer("head")
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(0, 0.02, tuple(head.kernel.shape)).astype("float32"),
+                      rng.normal(0, 0.1, tuple(head.bias.shape)).astype("float32")])
+    return model
 
 
 def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterable[int]) -> dict[str, str]:
@@ -225,11 +191,7 @@ def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterabl
         return {"error": f"hub_export is not importable ({e})"}
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(CaseSpec(BIT_CASE, "inference", arch=arch))
-    head = model.get_layer("head")  # zero-initialised: give it weights, so that the outputs say something
-    rng = np.random.default_rng(0)
-    head.set_weights([rng.normal(0, 0.02, tuple(head.kernel.shape)).astype("float32"),
-                      rng.normal(0, 0.1, tuple(head.bias.shape)).astype("float32")])
+    model = _with_head_weights(build_model(CaseSpec(BIT_CASE, "inference", arch=arch)))
     for size in image_sizes:
         np.save(work / f"reference_{size}.npy", np.asarray(model(reference_images(size), training=False)))
     paths = {}
@@ -241,8 +203,23 @@ def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterabl
     return paths
 
 
-def run_saved_model_case(spec: CaseSpec) -> dict[str, Any]:
-    """saved_model / saved_model_folded rows: load the export, check its outputs, time inference."""
+def _check_outputs(got: Any, reference: Any) -> dict[str, Any]:
+    """``max_abs_diff`` of an exported/folded model's outputs from the Keras model's, and ``status`` ``mismatch``
+    with a note above ``targets.json``'s ``folded_max_abs_diff``."""
+    import numpy as np
+
+    diff = float(np.max(np.abs(np.asarray(got, dtype="float32") - np.asarray(reference, dtype="float32"))))
+    out: dict[str, Any] = {"max_abs_diff": diff}
+    tolerance = load_targets().folded_max_abs_diff
+    if diff > tolerance:
+        out["status"] = "mismatch"
+        out["note"] = f"outputs differ from the Keras model by {diff:.2e} > {tolerance:g}"
+    return out
+
+
+def prepare_saved_model_case(spec: CaseSpec, extras: dict[str, Any]) -> Callable[[], Any]:
+    """saved_model / saved_model_folded rows: load the export, check its outputs (into ``extras``), return its
+    inference step."""
     import numpy as np
     import tensorflow as tf
 
@@ -251,16 +228,48 @@ def run_saved_model_case(spec: CaseSpec) -> dict[str, Any]:
         raise FileNotFoundError(f"no export at {path}; prepare_exports() first")
     loaded = tf.saved_model.load(str(path))
     reference = np.load(Path(spec.work_dir) / f"reference_{spec.image_size}.npy")
-    got = np.asarray(loaded(tf.constant(reference_images(spec.image_size)), training=False))
-    diff = float(np.max(np.abs(got - reference)))
+    extras.update(_check_outputs(loaded(tf.constant(reference_images(spec.image_size)), training=False), reference))
     images, _ = inputs(spec)
-    result = time_steps(inference_step(loaded, images, spec.variant), spec.batch_size, spec)
-    result["max_abs_diff"] = diff
-    tolerance = load_targets().folded_max_abs_diff
-    if diff > tolerance:
-        result["status"] = "mismatch"
-        result["note"] = f"outputs differ from the Keras model by {diff:.2e} > {tolerance:g}"
-    return result
+    return inference_step(loaded, images, spec.variant)
+
+
+def fold_standardization_function() -> Callable[[Any], Any]:
+    """``bit_keras.fold_standardization``, or where the package does not have it yet,
+    ``hub_export.saved_model.fold_weight_standardization`` (the same function).
+
+    Example:
+        >>> fold_standardization_function().__name__ in ("fold_standardization", "fold_weight_standardization")
+        True
+    """
+    try:
+        from bit_keras import fold_standardization  # type: ignore[attr-defined]
+    except ImportError:
+        from hub_export.saved_model import fold_weight_standardization as fold_standardization
+    return fold_standardization
+
+
+def prepare_keras_folded_case(spec: CaseSpec, extras: dict[str, Any]) -> Callable[[], Any]:
+    """keras_folded rows: the bit_keras model with a random head, folded by :func:`fold_standardization_function`;
+    its outputs checked against the model's (into ``extras``); returns the folded model's inference step.
+
+    Example:
+        >>> extras = {}
+        >>> step = prepare_keras_folded_case(CaseSpec("keras_folded", "inference", arch=TINY_ARCH, image_size=32,
+        ...                                           batch_size=2), extras)
+        >>> tuple(step().shape), extras["max_abs_diff"] < 1e-5
+        ((2, 1000), True)
+    """
+    from bit_keras.models.policy import dtype_policy
+
+    with dtype_policy(mixed_precision(spec.precision)):
+        model = _with_head_weights(build_model(CaseSpec(BIT_CASE, "inference", arch=spec.arch)))
+        folded = fold_standardization_function()(model)
+    check = reference_images(spec.image_size)
+    extras.update(_check_outputs(folded(check, training=False), model(check, training=False)))
+    del model
+    gc.collect()
+    images, _ = inputs(spec)
+    return inference_step(folded, images, spec.variant)
 
 
 # --------------------------------------------------------------------------- input pipeline row
@@ -309,46 +318,111 @@ def pipeline_batches(folder: str, image_size: int, batch_size: int) -> tf.data.D
                           cache=False)
 
 
-def run_pipeline_case(spec: CaseSpec) -> dict[str, Any]:
-    """input_pipeline rows: images/s of the library's pipeline alone, on JPEGs written for the run."""
-    with tempfile.TemporaryDirectory(prefix="bench-jpegs-") as tmp:
-        height = max(spec.image_size + 8, int(spec.image_size * 1.6))
-        folder = write_image_folder(tmp, 16 if spec.image_size <= 64 else 64, height, int(height * 1.25))
-        iterators = [iter(pipeline_batches(folder, spec.image_size, spec.batch_size))]
-        try:
-            return time_steps(lambda: next(iterators[0]), spec.batch_size, spec)
-        finally:
-            iterators.clear()  # drops the iterator: stops the prefetch threads before the files go
-            gc.collect()
+def prepare_pipeline_case(spec: CaseSpec, cleanup: list[Callable[[], None]]) -> Callable[[], Any]:
+    """input_pipeline rows: the library's pipeline on JPEGs written for the run; returns "the next batch"."""
+    tmp = tempfile.mkdtemp(prefix="bench-jpegs-")
+    height = max(spec.image_size + 8, int(spec.image_size * 1.6))
+    folder = write_image_folder(tmp, 16 if spec.image_size <= 64 else 64, height, int(height * 1.25))
+    iterators = [iter(pipeline_batches(folder, spec.image_size, spec.batch_size))]
+
+    def close() -> None:
+        iterators.clear()  # drops the iterator: stops the prefetch threads before the files go
+        gc.collect()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    cleanup.append(close)
+    return lambda: next(iterators[0])
 
 
 # --------------------------------------------------------------------------- one row
 
 
-def run_case(spec: CaseSpec) -> dict[str, Any]:
-    """Run one row in this process and return its CSV fields (status ``ok``, ``mismatch`` or ``error``).
+class CaseRunner:
+    """One row's case in this process: built and warmed up on creation (from right after which peak memory is
+    measured), then one timed repeat per :meth:`measure`; :meth:`finish` gives the peak memory, the output checks
+    and (``spec.profile``, model rows) the op profile, measured after the timing so that it disturbs nothing.
 
-    Example: see the module docstring.
+    Example:
+        >>> runner = CaseRunner(CaseSpec("bit_keras", "inference", arch=TINY_ARCH, image_size=32, batch_size=2,
+        ...                              warmup=1, min_seconds=0, min_steps=1))
+        >>> sorted(runner.ready()), runner.measure()["steps"], sorted(runner.finish())
+        (['first_call_s'], 1, ['mem_kind', 'peak_mem_mb'])
     """
-    row: dict[str, Any] = {**spec.row_fields(), "status": "ok", "note": "", "load1": load1()}
-    probe = MemoryProbe(gpu=spec.device == "gpu")
-    probe.start()
-    try:
+
+    def __init__(self, spec: CaseSpec):
+        self.spec = spec
+        self.extras: dict[str, Any] = {}
+        self.cleanup: list[Callable[[], None]] = []
+        self.probe = MemoryProbe(gpu=spec.device == "gpu")
+        self.probe.start()
         if spec.case in MODEL_CASES:
-            result = run_model_case(spec)
+            self.step = prepare_model_case(spec)
         elif spec.case in (SAVED_MODEL_CASE, FOLDED_CASE):
-            result = run_saved_model_case(spec)
+            self.step = prepare_saved_model_case(spec, self.extras)
+        elif spec.case == KERAS_FOLDED_CASE:
+            self.step = prepare_keras_folded_case(spec, self.extras)
         elif spec.case == PIPELINE_CASE:
-            result = run_pipeline_case(spec)
+            self.step = prepare_pipeline_case(spec, self.cleanup)
         else:
             raise ValueError(f"unknown case {spec.case!r}; choose from {ALL_CASES}")
-    except Exception as e:  # noqa: BLE001 - a failing row is reported, the run goes on
-        row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
-        return row
-    if "peak_mem_mb" not in result:
-        result["peak_mem_mb"], result["mem_kind"] = probe.peak_mb()
-    row.update(result)
+        self.first_call_s = warm_up(self.step, spec)
+
+    def ready(self) -> dict[str, Any]:
+        return {"first_call_s": self.first_call_s}
+
+    def measure(self, row: str | None = None) -> dict[str, Any]:
+        """Time one repeat (:func:`~benchmarks.bench.timing.time_repeat`)."""
+        del row
+        return time_repeat(self.step, self.spec.batch_size, self.spec)
+
+    def finish(self) -> dict[str, Any]:
+        out = dict(self.extras)
+        out["peak_mem_mb"], out["mem_kind"] = self.probe.peak_mb()
+        try:
+            if self.spec.profile and self.spec.case in MODEL_CASES and self.spec.variant != "eager":
+                out["profile"] = profile_ops(self.step)
+        finally:
+            for close in self.cleanup:
+                close()
+        return out
+
+
+def row_from(spec: CaseSpec, ready: dict[str, Any] | None, repeats: list[dict[str, Any] | None],
+             finish: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
+    """A row's CSV fields from what its runner reported: the READY payload, the repeats (one per round,
+    ``None`` where missed) and the finish payload; ``error`` makes it an ``error`` row.
+
+    Example:
+        >>> row = row_from(CaseSpec("bit_keras", "inference"), {"first_call_s": 2.0},
+        ...                [{"images_per_s": 10.0, "cpu_ms_per_image": 190.0, "steps": 3, "seconds": 2.4}],
+        ...                {"peak_mem_mb": 400.0, "mem_kind": "rss_hwm_delta"})
+        >>> row["status"], row["images_per_s"], round(row["gflop_per_s"], 1), row["round_images_per_s"]
+        ('ok', 10.0, 81.8, '10')
+    """
+    row: dict[str, Any] = {**spec.row_fields(), "status": "ok", "note": "", "load1": load1()}
+    if error:
+        return {**row, "status": "error", "note": error}
+    row.update(ready or {})
+    row.update(summarise_repeats(repeats))
+    row.update(finish or {})
+    if not row.get("images_per_s") and row["status"] == "ok":
+        row.update(status="error", note=row.get("note") or "no repeat was timed")
     flops = case_gflops(spec)
     if flops is not None and row.get("images_per_s"):
         row["gflop_per_s"] = row["images_per_s"] * flops
     return row
+
+
+def run_case(spec: CaseSpec) -> dict[str, Any]:
+    """Run one row in this process, its ``spec.repeats`` repeats back to back, and return its CSV fields
+    (status ``ok``, ``mismatch`` or ``error``).
+
+    Example: see the module docstring.
+    """
+    try:
+        runner = CaseRunner(spec)
+        repeats: list[dict[str, Any] | None] = [runner.measure() for _ in range(max(1, spec.repeats))]
+        finish = runner.finish()
+    except Exception as e:  # noqa: BLE001 - a failing row is reported, the run goes on
+        return row_from(spec, None, [], None, f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+    return row_from(spec, runner.ready(), repeats, finish)

@@ -1,8 +1,9 @@
 """The targets of ``bit-keras bench`` and the machine figures of stored runs: data files, read here.
 
 * ``benchmarks/targets.json``: the targets the rows are held to (training vs timm, share of the FLOP peak,
-  the folded export's tolerance and speed) and the stored runs that serve as references;
-* a reference run (e.g. ``benchmarks/results/cpu-quick/``) is a measured run: its ``machine.json`` names the
+  the folded export's tolerance and speed), the ratio checks read on the interleaved comparisons
+  (``ratio_checks``: :class:`RatioCheck`) and the stored runs that serve as references;
+* a reference run (e.g. ``benchmarks/results/amd-epyc-2c-avx512bf16/``) is a measured run: its ``machine.json`` names the
   machine, its ``bench.csv`` holds the timm rows measured there, and ``machine_figures.json`` the figures the
   benchmark cannot measure (the fp32 FLOP peak per core). It stands in only on a machine of the same kind
   (same cpu, cores, cpu_flags and gpus).
@@ -15,11 +16,13 @@ Example:
     (1.2, 1e-05, 'benchmarks/targets.json')
     >>> ref = load_reference(targets.reference_runs[0])
     >>> ref.describe()
-    'benchmarks/results/cpu-quick (AMD EPYC, 2 cores)'
+    'benchmarks/results/amd-epyc-2c-avx512bf16 (AMD EPYC, 2 cores)'
     >>> ref.timm[("train", 224, 8, "float32")]  # timm's row of that run's bench.csv
     4.97808
     >>> reference_for({**ref.machine, "cores": 64}, targets) is None
     True
+    >>> [(c.name, c.minimum) for c in targets.ratio_checks]
+    [('vs_timm', 1.2), ('vs_baseline_inference', 0.85), ('vs_baseline_train', 0.9), ('bf16_vs_fp32', 1.5)]
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from benchmarks.bench.cases import TIMM_CASE
 
@@ -57,6 +60,53 @@ def display_path(path: str | os.PathLike) -> str:
 
 
 @dataclass(frozen=True)
+class RatioCheck:
+    """One ratio target of ``targets.json``'s ``ratio_checks``: ``numerator`` rows (row fields that must match,
+    e.g. ``{"case": "bit_keras"}``) over ``denominator`` rows with the same point (mode, image size, batch) and the
+    same values of the fields in ``same``, at least ``minimum``; restricted to ``modes`` and ``arch`` when given,
+    never for the ``exclude_variants`` of the numerator, and only on a CPU with one of ``requires_isa``
+    (empty: any).
+
+    Example:
+        >>> check = RatioCheck("x", {"case": "a"}, {"case": "b"}, ("precision",), 1.2, modes=("train",))
+        >>> check.applies_to({"case": "a", "mode": "train", "variant": "function", "arch": "R50x1"})
+        True
+        >>> check.pairs_with({"case": "a", "precision": "float32"}, {"case": "b", "precision": "float32"})
+        True
+    """
+
+    name: str
+    numerator: Mapping[str, Any]
+    denominator: Mapping[str, Any]
+    same: tuple[str, ...]
+    minimum: float
+    modes: tuple[str, ...] = ()
+    arch: str = ""
+    exclude_variants: tuple[str, ...] = ()
+    requires_isa: tuple[str, ...] = ()
+    about: str = ""
+
+    def applies_to(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row`` is a numerator of this check."""
+        return (all(row.get(k) == v for k, v in self.numerator.items())
+                and (not self.modes or row.get("mode") in self.modes)
+                and (not self.arch or row.get("arch") == self.arch)
+                and row.get("variant") not in self.exclude_variants)
+
+    def pairs_with(self, row: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+        """Whether ``other`` is the denominator of numerator ``row`` (the point is matched by the caller)."""
+        return (all(other.get(k) == v for k, v in self.denominator.items())
+                and all(row.get(k) == other.get(k) for k in self.same) and other is not row)
+
+
+def _ratio_check(entry: Mapping[str, Any]) -> RatioCheck:
+    return RatioCheck(entry["name"], dict(entry["numerator"]), dict(entry["denominator"]),
+                      tuple(entry.get("same", ())), float(entry["min"]), tuple(entry.get("modes", ())),
+                      entry.get("arch", ""), tuple(entry.get("exclude_variants", ())),
+                      tuple(entry.get("requires_isa", ())), entry.get("about", ""))
+
+
+@dataclass(frozen=True)
 class Targets:
     """The targets of ``benchmarks/targets.json`` and the reference runs it lists (absolute paths)."""
 
@@ -66,6 +116,7 @@ class Targets:
     folded_min_speed_ratio: float
     reference_runs: tuple[Path, ...]
     path: Path
+    ratio_checks: tuple[RatioCheck, ...] = field(default_factory=tuple)
 
     def describe(self) -> str:
         """One line naming the file and what it asks for."""
@@ -82,7 +133,7 @@ def load_targets(path: str | os.PathLike = TARGETS_FILE) -> Targets:
     value = {name: float(entry["value"]) for name, entry in data["targets"].items()}
     return Targets(value["train_vs_timm"], value["inference_flop_peak_fraction"], value["folded_max_abs_diff"],
                    value["folded_min_speed_ratio"], tuple(path.parent / run for run in data.get("reference_runs", ())),
-                   path)
+                   path, tuple(_ratio_check(entry) for entry in data.get("ratio_checks", ())))
 
 
 @dataclass(frozen=True)

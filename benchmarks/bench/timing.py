@@ -17,12 +17,9 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
-
-RESULT_PREFIX = "BENCH_RESULT "
-
 
 def cores() -> int:
     """CPU cores this process may run on.
@@ -115,31 +112,79 @@ def sync(value: Any) -> None:
     np.asarray(value)
 
 
-def time_steps(step: Callable[[], Any], images_per_step: int, spec: Any) -> dict[str, Any]:
-    """Warm up, then time ``spec.repeats`` runs of at least ``spec.min_steps`` steps and ``spec.min_seconds``.
-
-    Returns images/s (median and best of the repeats), the first call's seconds (tracing, compiling),
-    the steps and seconds timed, and the process CPU time per image (all threads; on a busy machine the
-    wall-clock rates drop but this stays close to the work done). ``spec`` needs ``warmup``, ``repeats``,
-    ``min_seconds`` and ``min_steps``.
-    """
+def warm_up(step: Callable[[], Any], spec: Any) -> float:
+    """Run ``spec.warmup`` steps (at least one) and return the seconds of the first (tracing, compiling)."""
     t0 = time.perf_counter()
     sync(step())
     first = time.perf_counter() - t0
     for _ in range(max(0, spec.warmup - 1)):
         sync(step())
-    rates, total_steps, total_seconds, cpu0 = [], 0, 0.0, time.process_time()
-    for _ in range(max(1, spec.repeats)):
-        n, start = 0, time.perf_counter()
-        while True:
-            sync(step())
-            n += 1
-            elapsed = time.perf_counter() - start
-            if n >= spec.min_steps and elapsed >= spec.min_seconds:
-                break
-        rates.append(n * images_per_step / elapsed)
-        total_steps += n
-        total_seconds += elapsed
-    cpu_ms = (time.process_time() - cpu0) / (total_steps * images_per_step) * 1000
-    return {"images_per_s": statistics.median(rates), "images_per_s_max": max(rates), "first_call_s": first,
-            "steps": total_steps, "seconds": total_seconds, "cpu_ms_per_image": cpu_ms}
+    return first
+
+
+def time_repeat(step: Callable[[], Any], images_per_step: int, spec: Any) -> dict[str, Any]:
+    """Time one repeat: at least ``spec.min_steps`` steps and ``spec.min_seconds`` seconds.
+
+    Returns images/s (wall clock), the process CPU time per image (all threads; on a busy machine the
+    wall-clock rate drops but this stays close to the work done), the steps and the seconds.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> r = time_repeat(lambda: None, 2, SimpleNamespace(min_steps=3, min_seconds=0.0))
+        >>> r["steps"], r["images_per_s"] > 0, sorted(r)
+        (3, True, ['cpu_ms_per_image', 'images_per_s', 'seconds', 'steps'])
+    """
+    n, cpu0, start = 0, time.process_time(), time.perf_counter()
+    while True:
+        sync(step())
+        n += 1
+        elapsed = time.perf_counter() - start
+        if n >= spec.min_steps and elapsed >= spec.min_seconds:
+            break
+    cpu_ms = (time.process_time() - cpu0) / (n * images_per_step) * 1000
+    return {"images_per_s": n * images_per_step / elapsed, "cpu_ms_per_image": cpu_ms, "steps": n,
+            "seconds": elapsed}
+
+
+def summarise_repeats(repeats: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """One row's figures from its repeats (:func:`time_repeat` results; ``None`` for a round it missed): the
+    median and best images/s, the median CPU ms per image, the steps and seconds timed, and the per-round
+    rates (``round_images_per_s``, ``""`` for a missed round) from which the interleaved ratios are computed.
+
+    Example:
+        >>> summarise_repeats([{"images_per_s": 4.0, "cpu_ms_per_image": 500.0, "steps": 1, "seconds": 2.0},
+        ...                    None, {"images_per_s": 5.0, "cpu_ms_per_image": 400.0, "steps": 2, "seconds": 3.2}])
+        {'images_per_s': 4.5, 'images_per_s_max': 5.0, 'cpu_ms_per_image': 450.0, 'steps': 3, 'seconds': 5.2, 'rounds': 2, 'round_images_per_s': '4;;5'}
+    """
+    done = [r for r in repeats if r]
+    if not done:
+        return {"rounds": 0}
+    return {"images_per_s": statistics.median(r["images_per_s"] for r in done),
+            "images_per_s_max": max(r["images_per_s"] for r in done),
+            "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in done),
+            "steps": sum(r["steps"] for r in done), "seconds": round(sum(r["seconds"] for r in done), 6),
+            "rounds": len(done),
+            "round_images_per_s": ";".join(f"{r['images_per_s']:.6g}" if r else "" for r in repeats)}
+
+
+def round_rates(text: Any) -> list[float | None]:
+    """The per-round images/s of a row (its ``round_images_per_s`` cell), ``None`` for a missed round.
+
+    Example:
+        >>> round_rates("4;;5.5"), round_rates("")
+        ([4.0, None, 5.5], [])
+    """
+    if text in (None, ""):
+        return []
+    return [float(v) if v not in ("", None) else None for v in str(text).split(";")]
+
+
+def time_steps(step: Callable[[], Any], images_per_step: int, spec: Any) -> dict[str, Any]:
+    """Warm up, then time ``spec.repeats`` repeats (:func:`time_repeat`) one after another (no other case
+    between them: the interleaved rounds of the harness are for comparisons).
+
+    Returns :func:`summarise_repeats`' figures and the first call's seconds (tracing, compiling).
+    """
+    first = warm_up(step, spec)
+    result = summarise_repeats([time_repeat(step, images_per_step, spec) for _ in range(max(1, spec.repeats))])
+    return {**result, "first_call_s": first}
