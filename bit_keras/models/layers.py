@@ -78,9 +78,10 @@ def standardize_kernel(kernel: Any, epsilon: float = WS_EPSILON) -> Any:
         def grad(*args: Any, upstream: Any = None) -> Any:
             # TensorFlow and JAX pass the output gradient alone; PyTorch passes the inputs and upstream=.
             g = args[0] if upstream is None else upstream
-            mean_g = ops.sum(g, axis=axes, keepdims=True) * n
-            mean_g_w_hat = ops.sum(g * w_hat, axis=axes, keepdims=True) * n
-            return (g - mean_g) * r - w_hat * (r * mean_g_w_hat)
+            with keras.name_scope("standardized_conv2d"):  # named for profiles (backward ops lose the layer's scope)
+                mean_g = ops.sum(g, axis=axes, keepdims=True) * n
+                mean_g_w_hat = ops.sum(g * w_hat, axis=axes, keepdims=True) * n
+                return (g - mean_g) * r - w_hat * (r * mean_g_w_hat)
 
         return w_hat, grad
 
@@ -235,13 +236,14 @@ def group_norm(x: Any, gamma: Any, beta: Any, groups: int = GN_GROUPS, epsilon: 
         def grad(*args: Any, upstream: Any = None) -> tuple[Any, Any, Any]:
             # TensorFlow and JAX pass the output gradient alone; PyTorch passes the inputs and upstream=.
             dy = args[0] if upstream is None else upstream
-            s_dy = channel_sums(dy)
-            s_dy_xhat = r * channel_sums(dy * centered)
-            a = group_mean(gamma * s_dy, count)
-            b = group_mean(gamma * s_dy_xhat, count)
-            # From the centred values, not from x: no cancellation when |mean| >> std.
-            dx = dy * full(scale) + centered * full(-r * r * b) + full(-r * a)
-            return dx, ops.sum(s_dy_xhat, axis=0), ops.sum(s_dy, axis=0)
+            with keras.name_scope("group_norm"):  # named for profiles (backward ops lose the layer's scope)
+                s_dy = channel_sums(dy)
+                s_dy_xhat = r * channel_sums(dy * centered)
+                a = group_mean(gamma * s_dy, count)
+                b = group_mean(gamma * s_dy_xhat, count)
+                # From the centred values, not from x: no cancellation when |mean| >> std.
+                dx = dy * full(scale) + centered * full(-r * r * b) + full(-r * a)
+                return dx, ops.sum(s_dy_xhat, axis=0), ops.sum(s_dy, axis=0)
 
         return y, grad
 
