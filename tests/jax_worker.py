@@ -132,8 +132,10 @@ def resume(out: Path) -> dict:
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    handler = signal.getsignal(signal.SIGTERM)
     preempted = _raises(lambda: transfer(TINY, data, output_dir=out / "preempted", on_step=sigterm_at_5,
                                          preemption="signal", **kw), Preempted)
+    handler_restored = signal.getsignal(signal.SIGTERM) is handler
     checkpoints_at_preemption = sorted(p.name for p in (out / "preempted" / "checkpoints").iterdir())
     after_preemption = transfer(TINY, data, output_dir=out / "preempted", preemption="auto", **kw)
     _save(out, "after_preemption", after_preemption.model)
@@ -146,6 +148,7 @@ def resume(out: Path) -> dict:
         "stopped": stopped,
         "checkpoints_at_stop": checkpoints_at_stop,
         "preempted": preempted,
+        "sigterm_handler_restored": handler_restored,
         "checkpoints_at_preemption": checkpoints_at_preemption,
         "full_history": full.history,
         "resumed_history": resumed.history,

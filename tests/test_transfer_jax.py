@@ -7,13 +7,14 @@ What is shown: what JAX refuses, and that each message names the backend to use 
 with its files and ``evaluate_run``; bit-identical resume after an exception and after SIGTERM; ``batch_split`` = one full batch; the same losses and top-1 as
 TensorFlow from the same weights on real digits; DataParallel over 2 CPU devices = one device; mixed precision.
 
-The slow tests' scenarios run in three worker processes, started at the first slow test (only those of the
-selected tests) in two lanes side by side, one per CPU core of a small machine: one JAX process runs most of
-them in turn, paying JAX's and TensorFlow's imports and the model's compiles once (about 7 s, then up to ~20 s
-of XLA compiles per scenario, when each had its own process); TensorFlow's side of the parity comparison, then
-the 2-device DataParallel run, which has its own process because 2 XLA devices would turn the other scenarios'
-``strategy='auto'`` into DataParallel. The workers share JAX's persistent compilation cache (the session's
-temp directory): a program compiled once, by any of them, is not compiled again.
+The slow tests' scenarios run in four worker processes (``WORKERS``), started when the first slow test asks,
+for the selected tests only, in two lanes side by side (``LANES``: one per core of a 2-core machine). A worker
+runs its scenarios in turn, so JAX's and TensorFlow's imports (~7 s) and the compiles the scenarios share (the
+tiny model's initialisers and eager ops: ~25 s of a cold few-shot run) are paid once. Two JAX workers on one
+device share the scenarios out; the 2-device DataParallel run has its own, since 2 XLA devices would turn the
+others' ``strategy='auto'`` into DataParallel; TensorFlow's side of the parity comparison has its own. The
+workers share JAX's persistent compilation cache (in the session's temp directory): a program one compiled
+(the same program gives the same executable) is not compiled again by another.
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ def test_jax_resumes_bit_identically_after_an_exception_and_after_sigterm(worker
     # SIGTERM during step 5's on_step: the guard, which runs before on_step, sees it after step 6.
     assert r["preempted"].startswith("Preempted") and "after step 6" in r["preempted"]
     assert r["checkpoints_at_preemption"] == ["ckpt-4.npz", "ckpt-6.npz"]
+    assert r["sigterm_handler_restored"]  # the worker goes on with other scenarios: SIGTERM is as it was
     full = _weights(out, "full")
     for name in ("resumed", "after_preemption", "again"):
         other = _weights(out, name)
