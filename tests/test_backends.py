@@ -100,8 +100,9 @@ class BackendRuns:
         assert header in out, f"{check} never started on {backend}:\n{out[-4000:]}"
         section = out.split(header, 1)[1].split("\n== ", 1)[0]
         assert f"ok {check} {backend}" in section, section[-4000:] if section.strip() else out[-4000:]
+        code = self.procs[backend].returncode  # non-zero: a check failed (its test says which), or the process
+        assert code == 0 or "\nFAILED " in out, f"the {backend} checks' process exited {code}:\n{out[-4000:]}"
         return section
-
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,11 @@ def _communicate(proc: subprocess.Popen) -> str:
     return printed
 
 
+def _exited_cleanly(proc: subprocess.Popen, printed: str) -> None:
+    """A worker exits 0 unless a scenario failed, whose test says so: any other exit code fails every test."""
+    assert proc.returncode == 0 or "\nFAILED " in printed, f"the worker exited {proc.returncode}:\n{printed[-6000:]}"
+
+
 def _result(out: Path, scenario: str, backend: str) -> dict:
     result = json.loads((scenario_dir(out, scenario) / "result.json").read_text())
     assert result["backend"] == backend  # the worker really ran on that backend
@@ -85,6 +90,7 @@ def run_worker(case: str, out: Path, cache: Path, backend: str = "jax") -> dict:
                             env=_env(backend, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     printed = _communicate(proc)
     _section(printed, case, backend)
+    assert proc.returncode == 0, printed[-6000:]
     return _result(out, case, backend)
 
 
@@ -174,8 +180,9 @@ class Workers:
         scenario = f"{case}:{arg}" if arg else case
         assert scenario in self.scenarios.get(worker, []), f"{scenario} is not in SCENARIOS for the {worker} worker"
         self.done[worker].wait()
-        backend, out = WORKERS[worker][0], self.out / worker
-        print(_section(self.printed[worker], scenario, backend))
+        backend, out, printed = WORKERS[worker][0], self.out / worker, self.printed[worker]
+        print(_section(printed, scenario, backend))
+        _exited_cleanly(self.procs[worker], printed)
         return _result(out, scenario, backend), scenario_dir(out, scenario)
 
     def stop(self) -> None:
