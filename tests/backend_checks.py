@@ -1,8 +1,11 @@
-"""The model zoo's checks on one Keras backend, run by tests/test_backends.py in a subprocess per backend.
+"""The model zoo's checks on one Keras backend, run by tests/test_backends.py in one subprocess per backend.
 
-    KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m tests.backend_checks parity
+    KERAS_BACKEND=jax JAX_ENABLE_X64=1 python -m tests.backend_checks parity gradients files tensorflow_only
 
-Each check raises AssertionError with the numbers on failure and prints ``ok <check> <backend>`` at the end.
+The checks named run in order in this one process (the backend's import and compiles paid once). Each raises
+AssertionError with the numbers on failure; the process prints ``ok <check> <backend>`` after each check that
+passed and ``FAILED <check> <backend>`` with the traceback after each that did not, goes on with the next, and
+exits 1 when any failed.
 The parity reference is tests/reference_bit.py (float64 NumPy, written from the BiT spec): nothing here compares
 the model with itself. Only NumPy, Keras and the backend's own package are needed (no TensorFlow on JAX or
 PyTorch), so the PyTorch checks run in a venv with torch and keras alone.
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import keras
@@ -65,10 +70,23 @@ def _register_tiny() -> None:
     bit_keras.register_model(ModelInfo("test-tiny-bit", "test-R17x0.5", "random", 10, None, 64), overwrite=True)
 
 
+def _call(model: keras.Model, images: np.ndarray):
+    """``model(images)`` (inference). On JAX compiled whole, ``jax.jit`` of ``model.stateless_call`` as Keras
+    compiles fit and predict: called eagerly, JAX compiles every op for every new shape, and this check's
+    forward passes took ~30 s longer on 2 CPU cores."""
+    if BACKEND != "jax":
+        return model(images)
+    import jax
+
+    forward = jax.jit(lambda trainable, non_trainable, x: model.stateless_call(trainable, non_trainable, x)[0])
+    return forward([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+                   images)
+
+
 def _compare(model, weights: dict, depths, images: np.ndarray, logits_tol: float, pre_tol: float) -> None:
     ref_pre, ref_logits = reference_bit.forward(weights, images, depths)
-    got_pre = _numpy(bit_keras.feature_extractor(model, ["pre_logits"])(images)["pre_logits"])
-    got_logits = _numpy(model(images))
+    got_pre = _numpy(_call(bit_keras.feature_extractor(model, ["pre_logits"]), images)["pre_logits"])
+    got_logits = _numpy(_call(model, images))
     pre_err, logits_err = np.abs(got_pre - ref_pre).max(), np.abs(got_logits - ref_logits).max()
     print(f"  {model.name} {images.shape[1]}px {images.dtype}: logits {logits_err:.2e}, pre-logits {pre_err:.2e}")
     assert got_pre.shape == ref_pre.shape and got_logits.shape == ref_logits.shape
@@ -262,15 +280,26 @@ CHECKS = {f.__name__: f for f in (parity, gradients, files, torch_program, tenso
 
 
 def main(argv: list[str]) -> int:
-    (name,) = argv
+    unknown = [name for name in argv if name not in CHECKS]
+    assert argv and not unknown, f"unknown check(s) {unknown}; choose from {list(CHECKS)}"
     if BACKEND == "jax":
         import jax
 
         assert jax.config.jax_enable_x64, "run the JAX checks with JAX_ENABLE_X64=1 (the float64 reference)"
-    with tempfile.TemporaryDirectory() as tmp:
-        CHECKS[name](Path(tmp))
-    print(f"ok {name} {BACKEND}")
-    return 0
+    failed = []
+    for name in argv:
+        print(f"== {name} {BACKEND}", flush=True)
+        start = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                CHECKS[name](Path(tmp))
+        except Exception:
+            failed.append(name)
+            print(f"FAILED {name} {BACKEND}", flush=True)
+            traceback.print_exc(file=sys.stdout)
+        else:
+            print(f"ok {name} {BACKEND} ({time.perf_counter() - start:.1f} s)", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""Fine-tuning runs for tests/test_transfer_jax.py, each case in its own process (the backend is fixed at import):
+"""Fine-tuning runs for tests/test_transfer_jax.py. The backend is fixed at import, so a process runs on one; it
+runs the scenarios it is given in turn (imports and compiles paid once), each ``case`` or ``case:arg``:
 
-    KERAS_BACKEND=jax python -m tests.jax_worker resume /tmp/out
-    KERAS_BACKEND=tensorflow python -m tests.jax_worker parity /tmp/out-tf /tmp/init.npz
+    KERAS_BACKEND=jax python -m tests.jax_worker /tmp/out few_shot resume mixed_precision:mixed_float16
+    KERAS_BACKEND=tensorflow python -m tests.jax_worker /tmp/out parity:/tmp/init.npz
 
-Each case writes what it measured to ``<outdir>``: ``result.json`` (numbers, histories, what raised) and
-``<name>.npz`` files of weights; the test reads them and asserts. The ``parity`` case also runs with
+Each scenario writes what it measured to its own directory, ``<outdir>/<case>`` or ``<outdir>/<case>-<arg's
+file name stem>`` (:func:`scenario_dir`): ``result.json`` (numbers, histories, what raised) and ``<name>.npz``
+files of weights; the tests read them and assert. It prints ``== <scenario> <backend>`` when it starts and
+``ok <scenario> <backend>`` when it is done, or ``FAILED <scenario> <backend>`` and the traceback, and the
+process goes on with the next; it exits 1 when any failed. The ``parity`` case also runs with
 ``KERAS_BACKEND=tensorflow``, for the TensorFlow side of the comparison. Cases run under the backend they are
 given and check it, so that a misconfigured environment fails instead of comparing TensorFlow with itself.
 """
@@ -15,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -29,8 +34,6 @@ register_tiny()  # tests/test_transfer.py's zoo entry and data (tests/tiny_trans
 
 from bit_keras.errors import BackendError, ConfigError, Preempted  # noqa: E402
 from bit_keras.recipes.transfer import evaluate_run, transfer  # noqa: E402
-
-
 
 
 def _weights(model: keras.Model) -> dict[str, np.ndarray]:
@@ -129,8 +132,10 @@ def resume(out: Path) -> dict:
         if step == 5:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    handler = signal.getsignal(signal.SIGTERM)
     preempted = _raises(lambda: transfer(TINY, data, output_dir=out / "preempted", on_step=sigterm_at_5,
                                          preemption="signal", **kw), Preempted)
+    handler_restored = signal.getsignal(signal.SIGTERM) is handler
     checkpoints_at_preemption = sorted(p.name for p in (out / "preempted" / "checkpoints").iterdir())
     after_preemption = transfer(TINY, data, output_dir=out / "preempted", preemption="auto", **kw)
     _save(out, "after_preemption", after_preemption.model)
@@ -143,6 +148,7 @@ def resume(out: Path) -> dict:
         "stopped": stopped,
         "checkpoints_at_stop": checkpoints_at_stop,
         "preempted": preempted,
+        "sigterm_handler_restored": handler_restored,
         "checkpoints_at_preemption": checkpoints_at_preemption,
         "full_history": full.history,
         "resumed_history": resumed.history,
@@ -229,18 +235,34 @@ def parity(out: Path, init: str) -> dict:
 CASES = {f.__name__: f for f in (few_shot, refusals, resume, batch_split, data_parallel, mixed_precision, parity)}
 
 
+def scenario_dir(out: Path, scenario: str) -> Path:
+    """Where ``scenario`` (``case`` or ``case:arg``) writes: ``out/case`` or ``out/case-<arg's stem>``."""
+    case, _, arg = scenario.partition(":")
+    return out / (f"{case}-{Path(arg).stem}" if arg else case)
+
+
 def main(argv: list[str]) -> int:
-    case, out, *args = argv
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        result = CASES[case](out, *args)
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    (out / "result.json").write_text(json.dumps(result, default=float))
-    print(f"ok {case} {BACKEND}")
-    return 0
+    out, *scenarios = argv
+    unknown = [s for s in scenarios if s.partition(":")[0] not in CASES]
+    assert scenarios and not unknown, f"unknown case(s) {unknown}; choose from {list(CASES)}"
+    failed = []
+    for scenario in scenarios:
+        case, _, arg = scenario.partition(":")
+        where = scenario_dir(Path(out), scenario)
+        where.mkdir(parents=True, exist_ok=True)
+        print(f"== {scenario} {BACKEND}", flush=True)
+        start = time.perf_counter()
+        try:
+            result = CASES[case](where, *([arg] if arg else []))
+            (where / "result.json").write_text(json.dumps(result, default=float))
+        except Exception:
+            failed.append(scenario)
+            print(f"FAILED {scenario} {BACKEND}", flush=True)
+            traceback.print_exc(file=sys.stdout)
+        else:
+            print(f"ok {scenario} {BACKEND} ({time.perf_counter() - start:.1f} s)", flush=True)
+        keras.utils.clear_session()  # the next scenario starts from Keras' initial global state
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
