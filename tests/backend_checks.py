@@ -151,7 +151,7 @@ def gradients(tmp: Path) -> None:
             failures += [] if g64.dtype == np.float64 and err64 < 1e-10 else [(shape, name, "float64", err64)]
             failures += [] if err32 < 2e-4 else [(shape, name, "float32", err32)]
     assert not failures, failures
-    # Weight standardization: the layer's gradient (autodiff through standardize_kernel) in float32 against
+    # Weight standardization: the layer's gradient (standardize_kernel's hand-written one) in float32 against
     # float64 autodiff of the formula.
     x, w = rng.normal(size=(2, 6, 6, 4)), rng.normal(0.3, 2.0, (3, 3, 4, 8))
     dy = rng.normal(size=(2, 6, 6, 8))

@@ -308,14 +308,15 @@ def test_plans():
     quick = bench.build_plan(bench.Options(quick=True))
     bit = [s for s in quick if s.case == "bit_keras"]
     assert {s.mode for s in bit} == {"inference", "train"}
-    assert {s.variant for s in bit} == {"function", "xla", "remat"}
+    assert {s.variant for s in bit} == {"function", "remat"}  # on CPU XLA is in the full grid only
     assert {s.precision for s in bit} == {"float32", "mixed_bfloat16"}
     assert {s.image_size for s in bit} == {128, 224}
     # the rows the targets are read from: tf.function, both precisions; inference at 224, training at both
     assert {(s.mode, s.precision, s.image_size) for s in bit if s.variant == "function" and s.batch_size > 1} == {
         (m, p, z) for m, z in (("inference", 224), ("train", 224), ("train", 128))
         for p in ("float32", "mixed_bfloat16")}
-    assert [(s.mode, s.precision, s.image_size) for s in bit if s.variant == "xla"] == [("inference", "float32", 224)]
+    gpu_quick = [s for s in bench.build_plan(bench.Options(quick=True), gpu=True) if s.case == "bit_keras"]
+    assert {(s.mode, s.variant) for s in gpu_quick if s.variant == "xla"} == {("inference", "xla")}
     assert [(s.mode, s.precision, s.image_size) for s in bit if s.variant == "remat"] == [("train", "float32", 224)]
     # every bit_keras row has its baseline counterpart
     keys = {(s.mode, s.variant, s.precision, s.image_size, s.batch_size) for s in quick if s.case == "baseline_resnet50v2"}
@@ -323,9 +324,11 @@ def test_plans():
     assert not any(s.variant == "remat" for s in quick if s.case == "baseline_resnet50v2")  # it has no units
     full = bench.build_plan(bench.Options())
     assert len({(s.image_size, s.batch_size) for s in full if s.case == "bit_keras"}) == 7  # 6 + serving
-    for plan in (quick, full):  # serving one image: Keras model, baseline, plain and folded SavedModel, folded Keras
-        assert {s.case for s in plan if (s.image_size, s.batch_size) == (224, 1)} == {
-            "bit_keras", "baseline_resnet50v2", "saved_model", "saved_model_folded", "keras_folded"}
+    # serving one image: Keras model, baseline, (full grid: plain SavedModel,) folded SavedModel, folded Keras model
+    assert {s.case for s in full if (s.image_size, s.batch_size) == (224, 1)} == {
+        "bit_keras", "baseline_resnet50v2", "saved_model", "saved_model_folded", "keras_folded"}
+    assert {s.case for s in quick if (s.image_size, s.batch_size) == (224, 1)} == {
+        "bit_keras", "baseline_resnet50v2", "saved_model_folded", "keras_folded"}
     assert {s.variant for s in full if s.case == "bit_keras"} == {"eager", "function", "xla", "remat"}
     assert {"diag_plain_conv", "diag_no_norm", "diag_plain_conv_no_norm"} <= {s.case for s in full}
     assert {(s.image_size, s.batch_size) for s in full if s.case == cases.TIMM_CASE} == {(224, 8), (128, 16)}
