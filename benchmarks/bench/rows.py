@@ -172,10 +172,11 @@ def _with_head_weights(model: keras.Model) -> keras.Model:
     return model
 
 
-def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterable[int]) -> dict[str, str]:
-    """Export a random-weight bit_keras classifier of ``arch`` with ``hub_export.export`` as ``saved_model`` and
-    ``saved_model_folded`` under ``work_dir``, and store the Keras model's outputs on :func:`reference_images`
-    of each size.
+def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterable[int],
+                    cases: Iterable[str] = (SAVED_MODEL_CASE, FOLDED_CASE)) -> dict[str, str]:
+    """Export a random-weight bit_keras classifier of ``arch`` with ``hub_export.export`` as ``cases``
+    (``saved_model`` and/or ``saved_model_folded``) under ``work_dir``, and store the Keras model's outputs on
+    :func:`reference_images` of each size.
 
     Returns ``{case: path}``, or ``{"error": message}`` when ``hub_export`` cannot be imported.
 
@@ -195,7 +196,10 @@ def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterabl
     for size in image_sizes:
         np.save(work / f"reference_{size}.npy", np.asarray(model(reference_images(size), training=False)))
     paths = {}
+    wanted = set(cases)
     for case, fold in ((SAVED_MODEL_CASE, False), (FOLDED_CASE, True)):
+        if case not in wanted:
+            continue
         target = work / case
         if target.exists():
             shutil.rmtree(target)
