@@ -62,7 +62,7 @@ from benchmarks.bench.interleave import (InProcessWorker, SubprocessWorker, Work
                                          serve_or_fail)
 from benchmarks.bench.machine import machine_info as _machine_info
 from benchmarks.bench.report import add_ratios, ok_row, render_markdown, render_profiles, rerender, write_csv
-from benchmarks.bench.rows import CaseRunner, prepare_exports, row_from, run_case
+from benchmarks.bench.rows import CaseRunner, prepare_exports, row_from
 from benchmarks.bench.targets import load_targets
 from benchmarks.bench.timing import load1
 

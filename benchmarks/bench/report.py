@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from benchmarks.bench.cases import (BASELINE_CASE, BIT_CASE, FOLDED_CASE, KERAS_FOLDED_CASE, MODES, PEER_ARCH,
                                    PIPELINE_CASE, SAVED_MODEL_CASE, TIMM_CASE)
 from benchmarks.bench.interleave import format_ratio, ratio_stats
-from benchmarks.bench.machine import has_bf16_isa, isa_summary, machine_slug, onednn_summary
+from benchmarks.bench.machine import isa_summary, machine_slug, onednn_summary
 from benchmarks.bench.op_profile import format_shares, parse_shares_cell, shares_cell
 from benchmarks.bench.targets import (MATCH_KEYS, RatioCheck, ReferenceRun, Targets, display_path, load_targets,
                                       reference_for)

@@ -57,8 +57,8 @@ def add_engine_flags(p: argparse.ArgumentParser, *, checkpoint_every: int = 100)
     p.add_argument("--batch-split", type=int, default=None, help="gradient accumulation over N micro-batches")
     p.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"), default=None)
     p.add_argument("--jit-compile", "--jit", dest="jit_compile", action="store_true", default=None,
-                   help="compile the per-replica step with XLA: for GPUs and TPUs; on a CPU it is slower than the "
-                        "default graph mode (XLA:CPU runs its own convolutions, not oneDNN)")
+                   help="compile the per-replica step with XLA: for GPUs and TPUs; on a CPU it is not a speed option "
+                        "(XLA:CPU runs its own convolutions, not oneDNN; a step compiles for about a minute)")
     p.add_argument("--remat", action="store_true", default=None,
                    help="recompute each residual unit in the backward pass: less memory, ~1/3 more compute")
     p.add_argument("--checkpoint-every", type=int, default=None,

@@ -79,8 +79,8 @@ class EngineConfig:
         mixed_precision: None, ``"mixed_bfloat16"`` or ``"mixed_float16"`` (with loss scaling); GroupNorm and
             weight-standardization statistics stay float32.
         jit_compile: compile the per-replica forward/backward pass with XLA. A GPU/TPU setting: on a CPU it is
-            slower than the default graph mode (XLA:CPU compiles its own convolutions instead of calling oneDNN;
-            README, Performance), so it is not a speed option there.
+            not a speed option (XLA:CPU compiles its own convolutions instead of calling oneDNN, a step compiles
+            for about a minute; README, Performance).
         remat: recompute each residual unit's activations in the backward pass (less memory, ~1/3 more compute).
         checkpoint_every: save a checkpoint every this many steps (None or 0: only at the end).
         keep_checkpoints: how many checkpoints to keep.
