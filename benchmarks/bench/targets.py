@@ -18,7 +18,7 @@ Example:
     >>> ref.describe()
     'benchmarks/results/amd-epyc-2c-avx512bf16 (AMD EPYC, 2 cores)'
     >>> ref.timm[("train", 224, 8, "float32")]  # timm's row of that run's bench.csv
-    4.97808
+    4.24772
     >>> reference_for({**ref.machine, "cores": 64}, targets) is None
     True
     >>> [(c.name, c.minimum) for c in targets.ratio_checks]
