@@ -95,7 +95,7 @@ def test_pretrain_export_registry_transfer(tmp_path, monkeypatch):
     assert results["examples_per_class"] == [1, 5] and results["seeds"] == [0, 1, 2]
     for side in ("transfer", "scratch"):
         per_seed = results[f"{side}_per_seed"]
-        assert [len(accs) for accs in per_seed] == [2, 2]
+        assert [len(accs) for accs in per_seed] == [3, 3]
         assert results[side] == pytest.approx([float(np.mean(accs)) for accs in per_seed])
         assert results[f"{side}_std"] == pytest.approx([float(np.std(accs)) for accs in per_seed])
     assert results["downstream"]["test"] == len(test[1]) and results["downstream"]["pool"] == len(pool[1])
