@@ -47,12 +47,11 @@ require_tensorflow("SavedModel export (hub_export.export)")
 import tensorflow as tf  # noqa: E402
 
 from bit_keras.atomic import atomic_path
-from bit_keras.errors import ExportError, WeightFileError
-from bit_keras.models.fold import fold_standardization
+from bit_keras.errors import ConfigError, ExportError
+from bit_keras.models.fold import fold_standardization, folded_arch
 from bit_keras.models.presets import ModelInfo, get_model_info
 from bit_keras.models.resnet import PRE_LOGITS_NAME, model_input_range
-from bit_keras.models.spec import ARCHS, ArchSpec, get_arch
-from bit_keras.models.weights import model_spec
+from bit_keras.models.spec import ARCHS, ArchSpec
 
 __all__ = ["ExportError", "LABELS_FILE", "METADATA_FILE", "export", "fold_weight_standardization"]
 
@@ -72,18 +71,11 @@ FOLDED_TRAINING_ERROR = (
 
 
 def _spec_of(model: keras.Model, arch: ArchSpec | str | None) -> ArchSpec:
-    """The architecture of ``model``: ``arch`` when given (checked against the model), else read from its weights."""
+    """The architecture of ``model`` (:func:`bit_keras.models.fold.folded_arch`), its errors as ``ExportError``."""
     try:
-        found = model_spec(model)
-    except WeightFileError as err:
-        raise ExportError(f"model {model.name!r} is not a BiT ResNet-v2 built by bit_keras ({err}); export a model "
-                          "from bit_keras.create_model / resnet_v2 / transfer") from err
-    if arch is None:
-        return found
-    given = get_arch(arch)
-    if given != found:
-        raise ExportError(f"arch={given.describe()} does not match the model, which is a {found.describe()} network")
-    return given
+        return folded_arch(model, arch, action="export")
+    except ConfigError as err:
+        raise ExportError(str(err)) from err.__cause__
 
 
 def _preset(preset: ModelInfo | str | None) -> ModelInfo | None:

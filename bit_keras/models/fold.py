@@ -30,8 +30,10 @@ from bit_keras.models.spec import ArchSpec, get_arch
 from bit_keras.models.weights import head_layer, model_spec
 
 
-def folded_arch(model: keras.Model, arch: ArchSpec | str | None = None) -> ArchSpec:
+def folded_arch(model: keras.Model, arch: ArchSpec | str | None = None, action: str = "fold") -> ArchSpec:
     """The architecture of ``model``: ``arch`` when given (checked against the model), else read from its weights.
+
+    ``action`` names what the caller does with the model in the error message (``hub_export`` says "export").
 
     Example:
         >>> from bit_keras.models.resnet import resnet_v2
@@ -41,7 +43,7 @@ def folded_arch(model: keras.Model, arch: ArchSpec | str | None = None) -> ArchS
     try:
         found = model_spec(model)
     except WeightFileError as err:
-        raise ConfigError(f"model {model.name!r} is not a BiT ResNet-v2 built by bit_keras ({err}); fold a model "
+        raise ConfigError(f"model {model.name!r} is not a BiT ResNet-v2 built by bit_keras ({err}); {action} a model "
                           "from bit_keras.create_model / resnet_v2 / transfer") from err
     if arch is None:
         return found
