@@ -13,10 +13,9 @@ PyTorch), so the PyTorch checks run in a venv with torch and keras alone.
 
 from __future__ import annotations
 
+import functools
 import sys
 import tempfile
-import time
-import traceback
 from pathlib import Path
 
 import keras
@@ -29,6 +28,7 @@ from bit_keras.models.policy import dtype_policy
 from bit_keras.models.presets import ModelInfo
 from bit_keras.models.spec import ArchSpec
 from tests import reference_bit
+from tests.worker_loop import run_steps
 
 BACKEND = keras.backend.backend()
 TINY = ArchSpec((1, 2, 1, 1), 0.5)
@@ -286,20 +286,12 @@ def main(argv: list[str]) -> int:
         import jax
 
         assert jax.config.jax_enable_x64, "run the JAX checks with JAX_ENABLE_X64=1 (the float64 reference)"
-    failed = []
-    for name in argv:
-        print(f"== {name} {BACKEND}", flush=True)
-        start = time.perf_counter()
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                CHECKS[name](Path(tmp))
-        except Exception:
-            failed.append(name)
-            print(f"FAILED {name} {BACKEND}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        else:
-            print(f"ok {name} {BACKEND} ({time.perf_counter() - start:.1f} s)", flush=True)
-    return 1 if failed else 0
+
+    def check(name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            CHECKS[name](Path(tmp))
+
+    return run_steps(((name, functools.partial(check, name)) for name in argv), BACKEND)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,11 @@ given and check it, so that a misconfigured environment fails instead of compari
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import keras
@@ -28,6 +27,7 @@ import numpy as np
 
 from tests.tiny_transfer import FAST, TINY, register_tiny
 from tests.tiny_transfer import images as _images
+from tests.worker_loop import run_steps
 
 BACKEND = keras.backend.backend()
 register_tiny()  # tests/test_transfer.py's zoo entry and data (tests/tiny_transfer.py)
@@ -245,24 +245,18 @@ def main(argv: list[str]) -> int:
     out, *scenarios = argv
     unknown = [s for s in scenarios if s.partition(":")[0] not in CASES]
     assert scenarios and not unknown, f"unknown case(s) {unknown}; choose from {list(CASES)}"
-    failed = []
-    for scenario in scenarios:
+
+    def run(scenario: str) -> None:
         case, _, arg = scenario.partition(":")
         where = scenario_dir(Path(out), scenario)
         where.mkdir(parents=True, exist_ok=True)
-        print(f"== {scenario} {BACKEND}", flush=True)
-        start = time.perf_counter()
         try:
             result = CASES[case](where, *([arg] if arg else []))
             (where / "result.json").write_text(json.dumps(result, default=float))
-        except Exception:
-            failed.append(scenario)
-            print(f"FAILED {scenario} {BACKEND}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-        else:
-            print(f"ok {scenario} {BACKEND} ({time.perf_counter() - start:.1f} s)", flush=True)
-        keras.utils.clear_session()  # the next scenario starts from Keras' initial global state
-    return 1 if failed else 0
+        finally:
+            keras.utils.clear_session()  # the next scenario starts from Keras' initial global state
+
+    return run_steps(((scenario, functools.partial(run, scenario)) for scenario in scenarios), BACKEND)
 
 
 if __name__ == "__main__":
