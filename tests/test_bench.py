@@ -653,6 +653,44 @@ def test_machine_slug_and_isa():
     assert bench_machine.machine_slug(stored) == REFERENCE.name
 
 
+def test_load_warning_when_the_load_is_over_half_the_cores():
+    warning = bench_machine.load_warning(1.9, 2)
+    assert warning.startswith("Warning: the 1-minute load was 1.9 on 2 cores when the run started; ratios against "
+                              "timm collapse on a busy machine (")
+    assert "2.97 img/s" in warning and "13.3 idle" in warning and warning.endswith("rerun on an idle machine.")
+    assert bench_machine.load_warning(1.0, 2) is None  # half the cores: not over
+    assert bench_machine.load_warning(4.0, 8) is None and bench_machine.load_warning(4.01, 8) is not None
+    assert bench_machine.load_warning(None, 2) is None  # no load average on this platform
+    assert bench_machine.start_load_warning({"cores": 2}) is None
+    assert bench_machine.start_load_warning({"cores": 2, "load_avg": [1.9, 1.0, 0.5]}) == warning
+
+
+def test_report_warns_in_the_machine_section_when_the_run_started_busy(tmp_path):
+    """--report-only on the stored run: it started at load 0.93 on 2 cores (no warning; it ended at 1.76, which
+    counts the run itself and is not judged); with its start load made 1.9 the machine section warns."""
+    for name in ("bench.csv", "machine.json"):
+        shutil.copy(REFERENCE / name, tmp_path / name)
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["load_avg"][0] <= machine["cores"] / 2 < machine["load_avg_end"][0]
+    assert "Warning: the 1-minute load" not in bench_report.rerender(tmp_path)
+    machine["load_avg"] = [1.9, 1.2, 1.0]
+    (tmp_path / "machine.json").write_text(json.dumps(machine))
+    bench_report.rerender(tmp_path)
+    text = (tmp_path / "bench.md").read_text(encoding="utf-8")
+    section = text.split("## Machine\n", 1)[1].split("\n## ", 1)[0]
+    assert f"- **{bench_machine.load_warning(1.9, 2)}**" in section.splitlines()
+
+
+def test_a_run_that_starts_busy_says_so_on_stderr_and_in_its_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "machine_info", lambda peer=None: {"slug": "some-cpu-2c-avx2", "cores": 2,
+                                                                  "load_avg": [1.9, 1.0, 0.5]})
+    bench.run_benchmark(bench.Options(output=str(tmp_path), tiny=True, isolation="inprocess",
+                                      cases=("input_pipeline",), verbose=False))
+    warning = bench_machine.load_warning(1.9, 2)
+    assert warning in capsys.readouterr().err
+    assert f"- **{warning}**" in (tmp_path / "bench.md").read_text(encoding="utf-8")
+
+
 def test_output_folder_can_name_the_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "machine_info", lambda peer=None: {"slug": "some-cpu-2c-avx2", "cores": 2})
     bench.run_benchmark(bench.Options(output=str(tmp_path / "{machine}"), tiny=True, isolation="inprocess",

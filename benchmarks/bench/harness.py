@@ -60,7 +60,7 @@ from benchmarks.bench.cases import (ALL_CASES, BASELINE_CASE, BIT_CASE, DIAG_CAS
                                    TIMM_MODELS, TINY_ARCH, CaseSpec, baseline_available)
 from benchmarks.bench.interleave import (InProcessWorker, SubprocessWorker, WorkerError, checkout_env, run_rounds,
                                          serve_or_fail)
-from benchmarks.bench.machine import machine_info as _machine_info
+from benchmarks.bench.machine import machine_info as _machine_info, start_load_warning
 from benchmarks.bench.report import add_ratios, ok_row, render_markdown, render_profiles, rerender, write_csv
 from benchmarks.bench.rows import CaseRunner, prepare_exports, row_from
 from benchmarks.bench.targets import load_targets
@@ -446,6 +446,9 @@ def run_benchmark(opts: Options) -> list[dict[str, Any]]:
     """
     gpu = _gpu_present(opts.device)
     machine = machine_info(opts.peer_python if opts.check_timm else None)
+    warning = start_load_warning(machine)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     out_dir = Path(opts.output.replace("{machine}", machine["slug"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = build_plan(opts, gpu)

@@ -9,6 +9,8 @@ with AMX), and bf16 speed depends on it, so ``machine.json`` and the report say 
   ``ONEDNN_VERBOSE=1``; :func:`parse_onednn_verbose` reads oneDNN's version line, its ISA and runtime lines and the
   implementation of each convolution primitive (``brg_conv_fwd:avx512_core_amx`` uses AMX,
   ``brg_conv_fwd:avx512_core_bf16`` the AVX-512 bf16 instructions);
+* the load average as the run starts, and a warning when the 1-minute load is over half the cores
+  (:func:`load_warning`): a busy machine spoils the ratios against timm most;
 * a slug naming the kind of machine (:func:`machine_slug`: vendor, family, cores, key ISA), the folder name of its
   stored results under ``benchmarks/results/``.
 
@@ -74,6 +76,43 @@ def isa_summary(machine: Mapping[str, Any]) -> str:
     amx = [f for f in ("amx_bf16", "amx_tile") if f in flags]
     amx_text = "yes" if len(amx) == 2 else (f"partly ({', '.join(amx)})" if amx else "no")
     return f"avx512_bf16: {'yes' if 'avx512_bf16' in flags else 'no'}; AMX (amx_bf16, amx_tile): {amx_text}"
+
+
+# --------------------------------------------------------------------------- how busy the machine was
+
+
+# What a busy machine did to a stored run's timm figure (benchmarks/README.md, the 2-core AMD EPYC's runs).
+BUSY_EFFECT = "timm's float32 inference: 2.97 img/s at load 3 vs 13.3 idle on a 2-core AMD EPYC"
+
+
+def load_warning(load: float | None, cores: int) -> str | None:
+    """The report's warning when the 1-minute load average ``load`` at the start of the run was over half the
+    ``cores``; None when it was not, or is unknown. (Only the start is judged: the load at the end counts the
+    run's own processes.)
+
+    Example:
+        >>> print(load_warning(1.9, 2))  # doctest: +ELLIPSIS
+        Warning: the 1-minute load was 1.9 on 2 cores when the run started; ratios against timm collapse on a busy machine (...), rerun on an idle machine.
+        >>> load_warning(1.0, 2), load_warning(None, 2), load_warning(3.1, 8)
+        (None, None, None)
+    """
+    if load is None or load <= cores / 2:
+        return None
+    return (f"Warning: the 1-minute load was {round(load, 2):g} on {cores} cores when the run started; ratios "
+            f"against timm collapse on a busy machine ({BUSY_EFFECT}), rerun on an idle machine.")
+
+
+def start_load_warning(machine: Mapping[str, Any]) -> str | None:
+    """:func:`load_warning` for a ``machine.json``: its ``load_avg`` (1, 5, 15 minutes, read as the run started)
+    and ``cores``.
+
+    Example:
+        >>> start_load_warning({"cores": 2, "load_avg": [0.93, 0.95, 1.1], "load_avg_end": [1.76, 1.47, 1.28]})
+        >>> start_load_warning({"cores": 4, "load_avg": [2.5, 1.0, 0.5]})[:40]
+        'Warning: the 1-minute load was 2.5 on 4 '
+    """
+    loads = machine.get("load_avg") or [None]
+    return load_warning(loads[0], int(machine.get("cores") or 1))
 
 
 # --------------------------------------------------------------------------- oneDNN
@@ -224,13 +263,14 @@ def machine_slug(machine: Mapping[str, Any]) -> str:
 def machine_info(peer_versions: Mapping[str, str] | None = None, onednn: bool = True) -> dict[str, Any]:
     """The machine and software the numbers come from: CPU, its bf16 ISA, oneDNN (:func:`probe_onednn`, unless
     ``onednn=False``), GPUs, versions (with ``peer_versions``, e.g. torch and timm of the peer's interpreter),
-    the load average, and the :func:`machine_slug`.
+    the load average (read first: :func:`start_load_warning` judges it), and the :func:`machine_slug`.
 
     Example:
         >>> info = machine_info(onednn=False)
         >>> sorted(info)[:4], info["slug"] == machine_slug(info)
         (['cores', 'cpu', 'cpu_flags', 'gpus'], True)
     """
+    load_avg = [round(v, 2) for v in os.getloadavg()]  # before the oneDNN probe's process adds to it
     cpu, flags = cpu_info()
     info: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": cores(), "gpus": [],
                             "memory_gb": None, "python": platform.python_version(), "os": platform.platform()}
@@ -252,6 +292,6 @@ def machine_info(peer_versions: Mapping[str, str] | None = None, onednn: bool = 
         details = tf.config.experimental.get_device_details(gpu)
         info["gpus"].append(details.get("device_name", gpu.name))
     info.update(peer_versions or {})
-    info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
+    info["load_avg"] = load_avg
     info["slug"] = machine_slug(info)
     return info

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from benchmarks.bench.cases import (BASELINE_CASE, BIT_CASE, FOLDED_CASE, KERAS_FOLDED_CASE, MODES, PEER_ARCH,
                                    PIPELINE_CASE, SAVED_MODEL_CASE, TIMM_CASE)
 from benchmarks.bench.interleave import format_ratio, ratio_stats
-from benchmarks.bench.machine import isa_summary, machine_slug, onednn_summary
+from benchmarks.bench.machine import isa_summary, machine_slug, onednn_summary, start_load_warning
 from benchmarks.bench.op_profile import format_shares, parse_shares_cell, shares_cell
 from benchmarks.bench.targets import (MATCH_KEYS, RatioCheck, ReferenceRun, Targets, display_path, load_targets,
                                       reference_for)
@@ -288,6 +288,9 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
                                              if machine.get("timm") else ""),
         f"- load average at start {machine.get('load_avg')}, at end {machine.get('load_avg_end')}",
     ]
+    warning = start_load_warning(machine)
+    if warning:
+        lines.append(f"- **{warning}**")
     return lines
 
 
