@@ -34,6 +34,7 @@ from bit_keras.errors import (
     LabelFileError,
     MissingDependencyError,
     MissingFileError,
+    NativeOpsError,
     Preempted,
     RegistryError,
     TfdsError,
@@ -47,7 +48,7 @@ from bit_keras.errors import (
 __version__ = "0.2.0"
 _ERRORS = [
     "BackendError", "BitKerasError", "ConfigError", "DataError", "DownloadError", "ExportError", "HandleNotFoundError",
-    "InvalidHandleError", "LabelFileError", "MissingDependencyError", "MissingFileError", "Preempted",
+    "InvalidHandleError", "LabelFileError", "MissingDependencyError", "MissingFileError", "NativeOpsError", "Preempted",
     "RegistryError", "TfdsError", "TrainingDivergedError", "UnknownModelError", "VersionExistsError",
     "WeightFileError", "WeightsUnavailableError",
 ]
@@ -72,6 +73,7 @@ _LAZY: dict[str, str] = {
     "resnet_v2": "bit_keras.models.resnet",
     "feature_extractor": "bit_keras.models.resnet",
     "fold_standardization": "bit_keras.models.fold",
+    "native_ops": "bit_keras.models.native",
     "create_model": "bit_keras.models.create",
     "load_npz": "bit_keras.models.weights",
     "save_npz": "bit_keras.models.weights",

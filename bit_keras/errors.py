@@ -32,6 +32,7 @@ __all__ = [
     "LabelFileError",
     "MissingDependencyError",
     "MissingFileError",
+    "NativeOpsError",
     "Preempted",
     "RegistryError",
     "TfdsError",
@@ -98,6 +99,11 @@ class TfdsError(DataError):
 
 class ExportError(BitKerasError, ValueError):
     """A model or arguments that cannot be exported as asked; the message says why and what to do."""
+
+
+class NativeOpsError(BitKerasError, RuntimeError):
+    """bit-keras's native CPU kernels could not be built or loaded (the compiler's error, and how to build without
+    them: ``BIT_KERAS_NATIVE_OPS=0``)."""
 
 
 class TrainingDivergedError(BitKerasError, RuntimeError):

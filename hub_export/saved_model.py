@@ -49,6 +49,7 @@ import tensorflow as tf  # noqa: E402
 from bit_keras.atomic import atomic_path
 from bit_keras.errors import ConfigError, ExportError
 from bit_keras.models.fold import fold_standardization, folded_arch
+from bit_keras.models.native import native_ops
 from bit_keras.models.presets import ModelInfo, get_model_info
 from bit_keras.models.resnet import PRE_LOGITS_NAME, model_input_range
 from bit_keras.models.spec import ARCHS, ArchSpec
@@ -305,7 +306,8 @@ def export(
     label_list = _labels_for(info, kind, labels, int(exported.output.shape[-1]))
     meta = _metadata(spec, info, exported, kind, fold_standardization, label_list, in_range, metadata)
 
-    with atomic_path(export_dir, directory=True, replace=False) as build:
+    # The graph must load where bit-keras is absent: no native kernels in it (bit_keras.models.native).
+    with native_ops(False), atomic_path(export_dir, directory=True, replace=False) as build:
         if fold_standardization:
             module = _ReusableModule(fold_weight_standardization(exported, spec), in_range, fine_tunable=False)
         else:

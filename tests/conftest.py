@@ -1,6 +1,28 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from tests.http_server import LoopbackServer
+
+_NATIVE_CACHE = None
+
+
+def pytest_configure(config):
+    """The native GroupNorm kernel (bit_keras.models.native) is built once per test session, into a folder every
+    test and every worker process shares (tests point BIT_KERAS_HOME at temporary folders), and it must build:
+    BIT_KERAS_NATIVE_OPS=1 makes a failed build an error instead of a silent fall-back to Keras ops."""
+    global _NATIVE_CACHE
+    if "BIT_KERAS_NATIVE_CACHE" not in os.environ:
+        _NATIVE_CACHE = tempfile.mkdtemp(prefix="bit-keras-native-")
+        os.environ["BIT_KERAS_NATIVE_CACHE"] = _NATIVE_CACHE
+    os.environ.setdefault("BIT_KERAS_NATIVE_OPS", "1")
+
+
+def pytest_unconfigure(config):
+    if _NATIVE_CACHE is not None:
+        shutil.rmtree(_NATIVE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

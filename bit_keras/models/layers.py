@@ -29,6 +29,7 @@ import keras
 from keras import ops
 
 from bit_keras.errors import ConfigError
+from bit_keras.models import native
 from bit_keras.models.spec import GN_GROUPS
 
 WS_EPSILON = 1e-10
@@ -252,23 +253,35 @@ def group_norm(x: Any, gamma: Any, beta: Any, groups: int = GN_GROUPS, epsilon: 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
 class GroupNorm(keras.layers.Layer):
-    """Group normalization over the last axis with BiT's defaults (32 groups, epsilon 1e-5).
+    """Group normalization over the last axis with BiT's defaults (32 groups, epsilon 1e-5), optionally followed
+    by a ReLU (``activation="relu"``, as in every pre-activation unit: timm's ``GroupNormAct``).
 
     Statistics are the biased mean and variance over (H, W, channels of the group), computed in float32;
     per-channel ``gamma`` (init 1) and ``beta`` (init 0). Works on inputs of any rank >= 2 (channels last).
 
+    On TensorFlow on a CPU, float32 and bfloat16 layers run a native kernel that makes two passes over the
+    activation each way, the ReLU fused in, reading bf16 input without a float32 copy
+    (:mod:`bit_keras.models.native`; ``BIT_KERAS_NATIVE_OPS=0`` turns it off). Elsewhere (JAX, PyTorch, a GPU,
+    XLA, float16/float64, SavedModel export) the layer runs :func:`group_norm` in Keras ops: same results to
+    float rounding.
+
     Example:
         >>> import numpy as np
-        >>> y = GroupNorm(groups=2)(np.random.rand(1, 4, 4, 4).astype("float32"))
-        >>> tuple(y.shape)
-        (1, 4, 4, 4)
+        >>> y = GroupNorm(groups=2, activation="relu")(np.random.rand(1, 4, 4, 4).astype("float32"))
+        >>> tuple(y.shape), bool(np.asarray(y).min() >= 0)
+        ((1, 4, 4, 4), True)
     """
 
-    def __init__(self, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON, **kwargs: Any):
+    def __init__(self, groups: int = GN_GROUPS, epsilon: float = GN_EPSILON, activation: str | None = None,
+                 **kwargs: Any):
         kwargs["autocast"] = False
         super().__init__(**kwargs)
+        if activation not in (None, "relu"):
+            raise ConfigError(f"GroupNorm activation={activation!r} is not supported; use None or 'relu' "
+                              f"(or follow the layer with the activation you need)")
         self.groups = int(groups)
         self.epsilon = float(epsilon)
+        self.activation = activation
 
     def build(self, input_shape: tuple) -> None:
         channels = input_shape[-1]
@@ -281,13 +294,21 @@ class GroupNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros", autocast=False)
 
     def call(self, inputs: Any) -> Any:
+        relu = self.activation == "relu"
+        if native.usable(self.compute_dtype):
+            # bf16 in and out under a bf16 policy; anything else (a float32 input to a bf16 layer too) is
+            # normalized from its float32 values, as on the Keras-ops path.
+            x = inputs if inputs.dtype == "bfloat16" == self.compute_dtype else ops.cast(inputs, "float32")
+            y = native.group_norm_relu(x, ops.convert_to_tensor(self.gamma), ops.convert_to_tensor(self.beta),
+                                       self.groups, self.epsilon, relu)
+            return ops.cast(y, self.compute_dtype)
         dtype = stats_dtype(self.compute_dtype)
         x = ops.cast(inputs, dtype)
         y = group_norm(x, ops.cast(self.gamma, dtype), ops.cast(self.beta, dtype), self.groups, self.epsilon)
-        return ops.cast(y, self.compute_dtype)
+        return ops.cast(ops.relu(y) if relu else y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon, "activation": self.activation}

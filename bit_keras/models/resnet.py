@@ -83,6 +83,9 @@ class _Layers:
         return self.conv_layer(filters, kernel, strides=stride, padding="valid", use_bias=False, name=name)(x)
 
     def norm_relu(self, x: Any, prefix: str, relu: str | None = None) -> Any:
+        if isinstance(self.norm_layer, type) and issubclass(self.norm_layer, GroupNorm):
+            # One layer: on TensorFlow's CPU the ReLU runs inside the GroupNorm kernel (bit_keras.models.native).
+            return self.norm_layer(self.groups, activation="relu", name=f"{prefix}group_norm")(x)
         x = self.norm_layer(self.groups, name=f"{prefix}group_norm")(x)
         return keras.layers.ReLU(name=relu or f"{prefix}relu")(x)
 
@@ -122,7 +125,8 @@ def resnet_v2(
         conv_layer: makes each convolution: ``conv_layer(filters, kernel_size, strides=, padding="valid",
             use_bias=False, name=)``. ``keras.layers.Conv2D`` builds the same network without weight
             standardization (the folded serving form; the benchmark's diagnostics).
-        norm_layer: makes each normalization: ``norm_layer(groups, name=)``.
+        norm_layer: makes each normalization: ``norm_layer(groups, name=)``, followed by a ``ReLU`` layer;
+            :class:`GroupNorm` (or a subclass) is made with ``activation="relu"`` instead, one layer that fuses both.
         name: the model's name.
 
     Example:
