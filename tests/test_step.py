@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 import bit_keras.models.layers as layers_module
+from bit_keras.models import native
 from bit_keras.models.layers import StandardizedConv2D
 from bit_keras.models.policy import seeded_init
 from bit_keras.models.resnet import resnet_v2
@@ -30,13 +31,19 @@ def test_batch_split_standardizes_once_per_step_and_matches_one_batch(monkeypatc
     whole, whole_losses = _step(1, data)
 
     graphs = []
-    original = layers_module.standardize_kernel
+    original, original_native = layers_module.standardize_kernel, native.standardize
 
     def recording(kernel, epsilon=layers_module.WS_EPSILON):
         graphs.append(tf.compat.v1.get_default_graph().name)
         return original(kernel, epsilon)
 
+    def recording_native(kernel, epsilon=layers_module.WS_EPSILON, dtype="float32"):
+        graphs.append(tf.compat.v1.get_default_graph().name)
+        return original_native(kernel, epsilon, dtype)
+
+    # either path counts: the Keras ops, or the native kernel on TensorFlow's CPU
     monkeypatch.setattr(layers_module, "standardize_kernel", recording)
+    monkeypatch.setattr(native, "standardize", recording_native)
     split, split_losses = _step(4, data)
     convs = [layer for layer in split.layers if isinstance(layer, StandardizedConv2D)]
     # traced once: one standardization per convolution, none inside the micro-batch loop's body

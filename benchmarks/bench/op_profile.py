@@ -61,6 +61,8 @@ def categorise(op_name: str, op_type: str) -> str:
         return "convolution"
     if op_type == "Cast":
         return "cast"
+    if op_type.startswith("BitGroupNorm"):  # the native kernel (bit_keras.models.native), forward and backward
+        return "group_norm"
     scopes = op_name.split("/")
     if any(_GROUP_NORM.search(scope) for scope in scopes):
         return "group_norm"

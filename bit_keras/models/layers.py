@@ -119,14 +119,20 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def standardized_kernel(self) -> Any:
         """The standardized kernel in the statistics dtype (float32; float64 for a float64 layer)."""
-        kernel = ops.cast(ops.convert_to_tensor(self.kernel), stats_dtype(self.compute_dtype))
-        return standardize_kernel(kernel, self.epsilon)
+        return self._standardize(self.kernel, stats_dtype(self.compute_dtype))
+
+    def _standardize(self, kernel: Any, dtype: str) -> Any:
+        # The statistics come from the float32 (float64) kernel; the result is in `dtype`. On TensorFlow's CPU a
+        # native kernel writes it in one pass, a bf16 result without a float32 copy (bit_keras.models.native).
+        kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
+        if kernel.dtype == "float32" and native.usable(dtype):
+            return native.standardize(kernel, self.epsilon, dtype)
+        return ops.cast(standardize_kernel(kernel, self.epsilon), dtype)
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         standardized = _PRECOMPUTED.get(id(self))
         if standardized is None:
-            kernel = ops.cast(ops.convert_to_tensor(kernel), stats_dtype(self.compute_dtype))
-            standardized = standardize_kernel(kernel, self.epsilon)
+            standardized = self._standardize(kernel, self.compute_dtype)
         kernel = ops.cast(standardized, self.compute_dtype)
         inputs = ops.cast(inputs, self.compute_dtype)
         return super().convolution_op(inputs, kernel)

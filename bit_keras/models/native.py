@@ -1,11 +1,14 @@
-"""Native CPU kernels for the TensorFlow backend: GroupNorm fused with its ReLU, forward and exact backward.
+"""Native CPU kernels for the TensorFlow backend: GroupNorm fused with its ReLU, and weight standardization,
+each forward and with its exact backward.
 
 TensorFlow runs the Keras-ops GroupNorm (:func:`bit_keras.models.layers.group_norm`) as about nine element-wise
 and reduction passes over the activation each way, plus float32 casts around it under bf16, and the ReLU that
 follows it as two more. The kernel in ``kernels/group_norm.cc`` makes two passes each way over the bf16 or
-float32 activation, with float32 statistics, the ReLU fused in (benchmarks/README.md has what it buys).
+float32 activation, with float32 statistics, the ReLU fused in. Weight standardization in Keras ops is about
+seven passes over the float32 kernel each way plus a cast to bf16; ``kernels/standardize.cc`` makes two each
+way and writes the bf16 kernel directly (benchmarks/README.md has what each buys).
 
-**The build.** On first use the kernel is compiled with the C++ compiler (``$CXX``, else ``g++``) against the
+**The build.** On first use the kernels are compiled with the C++ compiler (``$CXX``, else ``g++``) against the
 installed TensorFlow's headers and library (``tf.sysconfig``) with ``-O3 -march=native``, into
 ``<root>/<key>/``, where ``<root>`` is ``$BIT_KERAS_NATIVE_CACHE`` or ``native/`` in the download cache
 (``$BIT_KERAS_HOME`` or ``~/.cache/bit_keras``). The key
@@ -52,11 +55,11 @@ from typing import Any
 
 from bit_keras.errors import ConfigError, NativeOpsError
 
-__all__ = ["CACHE_ENV", "ENV", "build", "group_norm_relu", "library", "native_ops", "usable"]
+__all__ = ["CACHE_ENV", "ENV", "build", "group_norm_relu", "library", "native_ops", "standardize", "usable"]
 
 ENV = "BIT_KERAS_NATIVE_OPS"
 CACHE_ENV = "BIT_KERAS_NATIVE_CACHE"
-SOURCE = Path(__file__).with_name("kernels") / "group_norm.cc"
+SOURCES = tuple(sorted((Path(__file__).with_name("kernels")).glob("*.cc")))  # group_norm.cc, standardize.cc
 _DTYPES = ("float32", "bfloat16")
 _CXXFLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-Wno-deprecated-declarations", "-Wno-interference-size")
 _log = logging.getLogger(__name__)
@@ -109,7 +112,9 @@ def native_ops(enabled: bool) -> Iterator[None]:
 def _key(compiler: str, flags: list[str]) -> str:
     import tensorflow as tf
 
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
     for part in (tf.__version__, tf.sysconfig.get_lib(), compiler, *flags, platform.machine(), _cpu_flags()):
         digest.update(b"\0" + str(part).encode())
     return digest.hexdigest()[:16]
@@ -159,7 +164,7 @@ def build(cache: str | os.PathLike | None = None) -> Path:
         if target.is_file():
             return target
         with atomic_path(target) as tmp:
-            command = [compiler, str(SOURCE), "-o", str(tmp), *flags]
+            command = [compiler, *map(str, SOURCES), "-o", str(tmp), *flags]
             try:
                 result = subprocess.run(command, capture_output=True, text=True, timeout=600)
             except (OSError, subprocess.TimeoutExpired) as err:
@@ -216,6 +221,11 @@ def tf_errors() -> type[BaseException]:
 
 def _register_gradient(lib: Any) -> None:
     import tensorflow as tf
+
+    @tf.RegisterGradient("BitStandardize")
+    def _standardize_grad(op: Any, g: Any, _dmean: Any, _drstd: Any) -> Any:
+        with tf.name_scope("standardized_conv2d"):  # named for profiles
+            return lib.bit_standardize_grad(g, op.inputs[0], op.outputs[1], op.outputs[2])
 
     @tf.RegisterGradient("BitGroupNorm")
     def _grad(op: Any, dy: Any, _dmean: Any, _drstd: Any) -> Any:
@@ -288,3 +298,26 @@ def group_norm_relu(x: Any, gamma: Any, beta: Any, groups: int = 32, epsilon: fl
                              f"check bit_keras.models.native.usable(dtype) before calling group_norm_relu")
     y, _, _ = lib.bit_group_norm(x, gamma, beta, groups=int(groups), epsilon=float(epsilon), relu=bool(relu))
     return y
+
+
+def standardize(kernel: Any, epsilon: float = 1e-10, dtype: str = "float32") -> Any:
+    """Weight standardization of a float32 kernel (rank >= 2, output filters last), per output filter over all
+    other axes with the biased variance, returned in ``dtype`` (float32 or bfloat16). Differentiable (exact
+    gradient, float32).
+
+    Call it where :func:`usable` says so for ``dtype``.
+
+    Example:
+        >>> import numpy as np
+        >>> w = np.asarray(standardize(np.random.default_rng(0).normal(3, 2, (3, 3, 8, 16)).astype("float32")))
+        >>> bool(np.allclose(w.mean(axis=(0, 1, 2)), 0, atol=1e-5)), bool(np.allclose(w.std(axis=(0, 1, 2)), 1, atol=1e-4))
+        (True, True)
+    """
+    lib = library()
+    if lib is None:
+        raise NativeOpsError(f"the native kernels are off ({ENV}={os.environ.get(ENV)!r}) or did not build; "
+                             f"check bit_keras.models.native.usable(dtype) before calling standardize")
+    import tensorflow as tf
+
+    w_hat, _, _ = lib.bit_standardize(kernel, T=tf.as_dtype(dtype), epsilon=float(epsilon))
+    return w_hat
