@@ -472,13 +472,14 @@ def test_reference_figures_stand_in_on_the_same_kind_of_machine_only():
     targets = bench_targets.load_targets()
     reference = bench_targets.load_reference(REFERENCE)
     assert bench_targets.reference_for(reference.machine, targets) == reference
-    ours = [_row("bit_keras", "train", "float32", 6.0, cpu_ms_per_image=300),
+    timm = reference.timm[("train", 224, 8, "float32")]  # the stored run's timm row stands in
+    rate = round(1.5 * timm, 2)  # 1.5x the stored timm figure, whatever run is stored
+    ours = [_row("bit_keras", "train", "float32", rate, cpu_ms_per_image=300),
             _row("bit_keras", "inference", "float32", 20.0, cpu_ms_per_image=100)]
     same = bench_report.summary_lines(ours, bench_report.Figures(targets, 2, reference))
     train = next(line for line in same if " train " in line)
-    timm = reference.timm[("train", 224, 8, "float32")]  # the stored run's timm row stands in
     assert (f"timm float32 {timm:.2f} (from benchmarks/results/amd-epyc-2c-avx512bf16 (AMD EPYC, 2 cores)): "
-            f"{6.0 / timm:.2f}x timm, target 1.2x = {1.2 * timm:.1f} img/s: met") in train
+            f"{rate / timm:.2f}x timm, target 1.2x = {1.2 * timm:.1f} img/s: met") in train
     inference = next(line for line in same if " inference " in line)
     assert "of ~294 GFLOP/s fp32 peak (2 x 147 per core from benchmarks/results/amd-epyc-2c-avx512bf16" in inference
     assert "target 50% of the peak = 18.0 img/s: met" in inference

@@ -193,8 +193,11 @@ def prepare_exports(arch: str, work_dir: str | os.PathLike, image_sizes: Iterabl
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model = _with_head_weights(build_model(CaseSpec(BIT_CASE, "inference", arch=arch)))
-    for size in image_sizes:
-        np.save(work / f"reference_{size}.npy", np.asarray(model(reference_images(size), training=False)))
+    from bit_keras.models.native import native_ops
+
+    with native_ops(False):  # the exports hold the Keras-ops graph: check them against the same math
+        for size in image_sizes:
+            np.save(work / f"reference_{size}.npy", np.asarray(model(reference_images(size), training=False)))
     paths = {}
     wanted = set(cases)
     for case, fold in ((SAVED_MODEL_CASE, False), (FOLDED_CASE, True)):
