@@ -271,8 +271,11 @@ def prepare_keras_folded_case(spec: CaseSpec, extras: dict[str, Any]) -> Callabl
     with dtype_policy(mixed_precision(spec.precision)):
         model = _with_head_weights(build_model(CaseSpec(BIT_CASE, "inference", arch=spec.arch)))
         folded = fold_standardization_function()(model)
+    from bit_keras.models.native import native_ops
+
     check = reference_images(spec.image_size)
-    extras.update(_check_outputs(folded(check, training=False), model(check, training=False)))
+    with native_ops(False):  # the folding's own error, not the native kernels' rounding against Keras ops
+        extras.update(_check_outputs(folded(check, training=False), model(check, training=False)))
     del model
     gc.collect()
     images, _ = inputs(spec)
