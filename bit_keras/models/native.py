@@ -59,7 +59,9 @@ __all__ = ["CACHE_ENV", "ENV", "build", "group_norm_relu", "library", "native_op
 
 ENV = "BIT_KERAS_NATIVE_OPS"
 CACHE_ENV = "BIT_KERAS_NATIVE_CACHE"
-SOURCES = tuple(sorted((Path(__file__).with_name("kernels")).glob("*.cc")))  # group_norm.cc, standardize.cc
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = tuple(sorted(KERNELS.glob("*.cc")))  # group_norm.cc, standardize.cc
+HEADERS = tuple(sorted(KERNELS.glob("*.h")))  # bf16.h
 _DTYPES = ("float32", "bfloat16")
 _CXXFLAGS = ("-shared", "-fPIC", "-O3", "-march=native", "-Wno-deprecated-declarations", "-Wno-interference-size")
 _log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def _key(compiler: str, flags: list[str]) -> str:
     import tensorflow as tf
 
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in (*SOURCES, *HEADERS):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
     for part in (tf.__version__, tf.sysconfig.get_lib(), compiler, *flags, platform.machine(), _cpu_flags()):
         digest.update(b"\0" + str(part).encode())

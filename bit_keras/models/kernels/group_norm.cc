@@ -21,26 +21,14 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "bf16.h"
 
 using namespace tensorflow;
 
 namespace {
 
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const Eigen::bfloat16* p, int64_t i) {
-  const uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-inline void store(Eigen::bfloat16* p, int64_t i, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest even
-  reinterpret_cast<uint16_t*>(p)[i] = nan ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(bits >> 16);
-}
+using bit_keras::load;
+using bit_keras::store;
 
 // Rows per work unit so that each unit is roughly `target` values.
 int64_t BlockRows(int64_t rows, int64_t channels, int64_t target = 1 << 15) {

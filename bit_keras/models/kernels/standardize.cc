@@ -19,26 +19,14 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/platform/threadpool.h"
+#include "bf16.h"
 
 using namespace tensorflow;
 
 namespace {
 
-inline float ld(const float* p, int64_t i) { return p[i]; }
-inline float ld(const Eigen::bfloat16* p, int64_t i) {
-  const uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-inline void st(float* p, int64_t i, float v) { p[i] = v; }
-inline void st(Eigen::bfloat16* p, int64_t i, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-  bits += 0x7FFFu + ((bits >> 16) & 1u);  // round to nearest even
-  reinterpret_cast<uint16_t*>(p)[i] = nan ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(bits >> 16);
-}
+using bit_keras::load;
+using bit_keras::store;
 
 // Columns per work unit: whole cache lines of filters, at least a few units per thread.
 constexpr int64_t kColumns = 64;
@@ -101,7 +89,7 @@ class StandardizeOp : public OpKernel {
         for (int64_t r = 0; r < K; ++r) {
           const float* row = w + r * O + c0;
           T* o = out + r * O + c0;
-          for (int64_t j = 0; j < n; ++j) st(o, j, row[j] * sc[j] + sh[j]);
+          for (int64_t j = 0; j < n; ++j) store(o, j, row[j] * sc[j] + sh[j]);
         }
       }
     });
@@ -150,7 +138,7 @@ class StandardizeGradOp : public OpKernel {
             const float* row = w + r * O + c0;
             const T* gr = g + r * O + c0;
             for (int64_t j = 0; j < n; ++j) {
-              const float gv = ld(gr, j);
+              const float gv = load(gr, j);
               a[j] += gv;
               b[j] += gv * (row[j] * sc[j] + sh[j]);
             }
@@ -166,7 +154,7 @@ class StandardizeGradOp : public OpKernel {
           const float* row = w + r * O + c0;
           const T* gr = g + r * O + c0;
           float* o = dw + r * O + c0;
-          for (int64_t j = 0; j < n; ++j) o[j] = ld(gr, j) * sc[j] + ca[j] + (row[j] * sc[j] + sh[j]) * cb[j];
+          for (int64_t j = 0; j < n; ++j) o[j] = load(gr, j) * sc[j] + ca[j] + (row[j] * sc[j] + sh[j]) * cb[j];
         }
       }
     });
