@@ -18,6 +18,7 @@ from PIL import Image
 
 import bit_keras
 from bit_keras.errors import ConfigError, DataError, TrainingDivergedError
+from bit_keras.models.native import native_ops
 from bit_keras.recipes.transfer import scale_schedule, transfer
 
 from tests.tiny_transfer import FAST, TINY, register_tiny
@@ -144,7 +145,10 @@ def test_batch_split_must_divide_the_batch():
 @pytest.mark.slow
 def test_xla_with_micro_batches_gives_the_same_update_as_one_full_batch():
     data = _images()
-    whole = transfer(TINY, data, **BATCH_SPLIT)
+    # XLA cannot call the native CPU kernels (bit_keras.models.native): compare with the same Keras-ops layers
+    # (the native kernels round differently, and few-shot steps amplify it: 8e-4 on a kernel in one CI run).
+    with native_ops(False):
+        whole = transfer(TINY, data, **BATCH_SPLIT)
     xla = transfer(TINY, data, batch_split=2, jit_compile=True, **BATCH_SPLIT)
     _assert_same_weights(whole.model, xla.model, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(xla.history["loss"], whole.history["loss"], rtol=1e-4)
