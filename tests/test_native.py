@@ -285,7 +285,7 @@ def test_a_failed_build_names_the_compiler_and_the_fix(tmp_path, monkeypatch):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usable False True" in result.stdout
-    assert result.stderr.count("could not build bit-keras's native GroupNorm kernel") == 1
+    assert result.stderr.count("could not build bit-keras's native GroupNorm and weight-standardization kernels") == 1
     # required mode: the layer call raises instead
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**env, native.ENV: "1"})

@@ -14,7 +14,7 @@ installed TensorFlow's headers and library (``tf.sysconfig``) with ``-O3 -march=
 (``$BIT_KERAS_HOME`` or ``~/.cache/bit_keras``). The key
 hashes the source, TensorFlow's version, the flags and the CPU's ISA flags, so a new TensorFlow or another CPU
 gets its own build. A file lock makes parallel processes build once; the library is written atomically
-(about 10 s on 2 cores, once). :func:`build` runs it ahead of time.
+(about 20 s on 2 cores, once). :func:`build` runs it ahead of time.
 
 **When the layers use it** (:func:`usable`): Keras on TensorFlow; float32 or bfloat16; no GPU or TPU in the
 process (the kernel is CPU-only); not inside XLA (``jit_compile``); not while a SavedModel is traced
@@ -178,9 +178,9 @@ def build(cache: str | os.PathLike | None = None) -> Path:
 
 def _failure(command: list[str], detail: str) -> str:
     errors = [line for line in detail.splitlines() if "error" in line.lower()] or detail.splitlines()
-    return (f"could not build bit-keras's native GroupNorm kernel with {shlex.join(command[:1])}: "
+    return (f"could not build bit-keras's native GroupNorm and weight-standardization kernels with {shlex.join(command[:1])}: "
             f"{' | '.join(errors[:3]) or 'no output'}. Install a C++ compiler (e.g. apt-get install g++) or point "
-            f"$CXX at one; or set {ENV}=0 to use the Keras-ops GroupNorm (slower on CPU, same results).\n"
+            f"$CXX at one; or set {ENV}=0 to use the Keras-ops layers (slower on CPU, same results).\n"
             f"command: {shlex.join(command)}")
 
 
@@ -208,11 +208,19 @@ def library() -> Any:
             except (NativeOpsError, tf_errors()) as err:
                 if current == "on":
                     raise NativeOpsError(str(err)) from err
-                _log.warning("%s\nbit-keras runs GroupNorm with Keras ops instead.", err)
+                _log.warning("%s\nbit-keras runs GroupNorm and weight standardization with Keras ops instead.", err)
                 _library = False
     if _library is False and current == "on":
         raise NativeOpsError(f"{ENV}=1 but the native kernels did not build in this process (see the warning above)")
     return _library or None
+
+
+def _required_library(caller: str) -> Any:
+    lib = library()
+    if lib is None:
+        raise NativeOpsError(f"the native kernels are off ({ENV}={os.environ.get(ENV)!r}) or did not build; "
+                             f"check bit_keras.models.native.usable(dtype) before calling {caller}")
+    return lib
 
 
 def tf_errors() -> type[BaseException]:
@@ -294,11 +302,7 @@ def group_norm_relu(x: Any, gamma: Any, beta: Any, groups: int = 32, epsilon: fl
         >>> bool(abs(y.mean()) < 1e-5)
         True
     """
-    lib = library()
-    if lib is None:
-        raise NativeOpsError(f"the native kernels are off ({ENV}={os.environ.get(ENV)!r}) or did not build; "
-                             f"check bit_keras.models.native.usable(dtype) before calling group_norm_relu")
-    y, _, _ = lib.bit_group_norm(x, gamma, beta, groups=int(groups), epsilon=float(epsilon), relu=bool(relu))
+    y, _, _ = _required_library("group_norm_relu").bit_group_norm(x, gamma, beta, groups=int(groups), epsilon=float(epsilon), relu=bool(relu))
     return y
 
 
@@ -315,11 +319,7 @@ def standardize(kernel: Any, epsilon: float = 1e-10, dtype: str = "float32") -> 
         >>> bool(np.allclose(w.mean(axis=(0, 1, 2)), 0, atol=1e-5)), bool(np.allclose(w.std(axis=(0, 1, 2)), 1, atol=1e-4))
         (True, True)
     """
-    lib = library()
-    if lib is None:
-        raise NativeOpsError(f"the native kernels are off ({ENV}={os.environ.get(ENV)!r}) or did not build; "
-                             f"check bit_keras.models.native.usable(dtype) before calling standardize")
     import tensorflow as tf
 
-    w_hat, _, _ = lib.bit_standardize(kernel, T=tf.as_dtype(dtype), epsilon=float(epsilon))
+    w_hat, _, _ = _required_library("standardize").bit_standardize(kernel, T=tf.as_dtype(dtype), epsilon=float(epsilon))
     return w_hat
